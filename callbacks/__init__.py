@@ -1,0 +1,1 @@
+"""Lightning callbacks for pruning inside a trainer."""

@@ -1,0 +1,1 @@
+"""Statement and calibration data."""

@@ -1,0 +1,83 @@
+"""Find the repeated transformer blocks of a model and the linear layers inside them."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+PRUNABLE_TYPES = (nn.Linear, Conv1D)
+ENCODER_MODEL_TYPES = {
+    "bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "mpnet", "deberta",
+    "deberta-v2", "camembert", "ernie", "modernbert",
+}
+
+
+class UnsupportedModelError(ValueError):
+    """The model has no recognisable list of transformer blocks."""
+
+
+def get_submodule(model: nn.Module, path: str) -> nn.Module:
+    """`model.get_submodule` with an error that lists what is there instead."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise UnsupportedModelError(
+            f"blocks={path!r} does not name a submodule of {type(model).__name__}. "
+            f"Candidates: {', '.join(_describe(c) for c in _module_lists(model)) or 'none'}."
+        ) from None
+
+
+def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
+    """The model's list of repeated blocks, found automatically or at attribute `path`.
+
+    Automatic search picks the largest `nn.ModuleList` whose children all have the same class and
+    each hold at least one prunable linear (Llama `model.layers`, GPT-2 `transformer.h`, BERT
+    `encoder.layer`, ...).
+    """
+    if path is not None:
+        blocks = get_submodule(model, path)
+        if not isinstance(blocks, nn.ModuleList) or not all(prunable_linears(b) for b in blocks):
+            raise UnsupportedModelError(
+                f"blocks={path!r} is a {type(blocks).__name__}, not a ModuleList of blocks with linear "
+                "layers. Name the ModuleList that holds the transformer blocks, e.g. blocks='model.layers'."
+            )
+        return path, blocks
+    candidates = [
+        (name, mod) for name, mod in _module_lists(model)
+        if len({type(b) for b in mod}) == 1 and all(prunable_linears(b) for b in mod)
+    ]
+    if not candidates:
+        found = ", ".join(_describe(c) for c in _module_lists(model)) or "no nn.ModuleList at all"
+        raise UnsupportedModelError(
+            f"Could not find the transformer blocks of {type(model).__name__}: found {found}. "
+            "Pass the attribute path of the ModuleList that holds the blocks, e.g. blocks='model.layers' "
+            "(PruneConfig.blocks, or `blocks:` in the YAML config)."
+        )
+    return max(candidates, key=lambda c: sum(p.numel() for p in c[1].parameters()))
+
+
+def prunable_linears(block: nn.Module) -> dict[str, nn.Module]:
+    """Every `nn.Linear` (and GPT-2 `Conv1D`) inside `block`, by qualified name, in definition order."""
+    return {name: mod for name, mod in block.named_modules() if isinstance(mod, PRUNABLE_TYPES)}
+
+
+def weight_rows(module: nn.Module) -> torch.Tensor:
+    """The weight as a [d_out, d_in] view sharing storage (GPT-2 `Conv1D` stores [d_in, d_out])."""
+    return module.weight.t() if isinstance(module, Conv1D) else module.weight
+
+
+def is_encoder(model: nn.Module) -> bool:
+    """True for bidirectional encoders (BERT family), whose statements are mean-pooled."""
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None) in ENCODER_MODEL_TYPES and not getattr(config, "is_decoder", False)
+
+
+def _module_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+
+
+def _describe(candidate: tuple[str, nn.ModuleList]) -> str:
+    name, mod = candidate
+    kinds = sorted({type(b).__name__ for b in mod})
+    return f"{name} ({len(mod)} x {'/'.join(kinds)})"
