@@ -62,9 +62,14 @@ def prunable_linears(block: nn.Module) -> dict[str, nn.Module]:
     return {name: mod for name, mod in block.named_modules() if isinstance(mod, PRUNABLE_TYPES)}
 
 
+def stores_transposed(module: nn.Module) -> bool:
+    """GPT-2's `Conv1D` stores its weight as [d_in, d_out], unlike `nn.Linear`."""
+    return isinstance(module, Conv1D)
+
+
 def weight_rows(module: nn.Module) -> torch.Tensor:
-    """The weight as a [d_out, d_in] view sharing storage (GPT-2 `Conv1D` stores [d_in, d_out])."""
-    return module.weight.t() if isinstance(module, Conv1D) else module.weight
+    """The weight as a [d_out, d_in] view sharing storage."""
+    return module.weight.t() if stores_transposed(module) else module.weight
 
 
 def is_encoder(model: nn.Module) -> bool:

@@ -1,0 +1,91 @@
+"""The settings of one pruning run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Method = Literal["uniform", "owl", "swl", "tplo", "tplo_blend"]
+Scorer = Literal["magnitude", "wanda"]
+Structure = Literal["unstructured", "2:4", "4:8"]
+TRUTH_METHODS = ("swl", "tplo", "tplo_blend")
+
+
+@dataclass
+class PruneConfig:
+    """How to prune: target sparsity, allocation method, scores and mask structure."""
+
+    sparsity: float = 0.5
+    """Target fraction of pruned weights over all block linears, in [0, 1)."""
+    method: Method = "tplo"
+    """Per-block allocation: uniform, owl (outliers), swl (truth only), tplo (pivot splice) or tplo_blend."""
+    scorer: Scorer = "wanda"
+    """Weight importance: magnitude |W| or wanda |W| * ||X_j||."""
+    structure: Structure = "unstructured"
+    """Mask pattern per output row: unstructured, or N:M (2:4, 4:8; sparsity must be 1 - N/M)."""
+    owl_m: float = 5.0
+    """OWL outlier threshold M: a score is an outlier when above M times the block's mean score."""
+    owl_lambda: float = 0.08
+    """OWL lambda: the allocation spreads densities over (1 - S) +- lambda."""
+    beta: float = 0.04
+    """Weight of the truth-separation term in the swl, tplo and tplo_blend allocations."""
+    pivot: int | Literal["auto"] = "auto"
+    """TPLO splice block: OWL before it, truth-based from it on; auto = max(0, argmax(p) - 2)."""
+    s_min: float = 0.0
+    """Lowest per-block sparsity after clipping."""
+    s_max: float = 0.99
+    """Highest per-block sparsity after clipping."""
+    sequential: bool = True
+    """Second pass that prunes block by block on inputs from the already pruned blocks (as the reference)."""
+    offload: bool = False
+    """Keep blocks on CPU and move one at a time to the compute device (models larger than the device)."""
+    blocks: str | None = None
+    """Attribute path of the ModuleList of transformer blocks (e.g. model.layers); None finds it."""
+    pooling: Literal["auto", "last", "mean"] = "auto"
+    """Statement feature per block: last non-padding token, token mean, or auto (mean for encoders)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}; e.g. sparsity: 0.5 prunes half the weights.")
+        choices = {"method": Method, "scorer": Scorer, "structure": Structure}
+        for field, kind in choices.items():
+            allowed = kind.__args__
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"unknown {field} {getattr(self, field)!r}; choose one of {', '.join(allowed)}.")
+        if self.nm is not None:
+            n, m = self.nm
+            if abs(self.sparsity - (1 - n / m)) > 1e-9:
+                raise ValueError(
+                    f"structure {self.structure} keeps {n} of every {m} weights, so sparsity must be {1 - n / m:g}, "
+                    f"got {self.sparsity}. Set sparsity: {1 - n / m:g} or use structure: unstructured."
+                )
+        if not 0.0 <= self.s_min <= self.sparsity <= self.s_max < 1.0:
+            raise ValueError(
+                f"need 0 <= s_min <= sparsity <= s_max < 1, got s_min={self.s_min}, sparsity={self.sparsity}, "
+                f"s_max={self.s_max}."
+            )
+        if self.pivot != "auto" and (not isinstance(self.pivot, int) or self.pivot < 0):
+            raise ValueError(f"pivot must be 'auto' or a block index >= 0, got {self.pivot!r}.")
+        if self.owl_m <= 0 or self.owl_lambda < 0 or self.beta < 0:
+            raise ValueError(
+                f"owl_m must be > 0 and owl_lambda, beta >= 0; got owl_m={self.owl_m}, "
+                f"owl_lambda={self.owl_lambda}, beta={self.beta}."
+            )
+        if self.pooling not in ("auto", "last", "mean"):
+            raise ValueError(f"pooling must be auto, last or mean, got {self.pooling!r}.")
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """(N, M) for N:M structures, None when unstructured."""
+        if self.structure == "unstructured":
+            return None
+        n, m = self.structure.split(":")
+        return int(n), int(m)
+
+    @property
+    def needs_statements(self) -> bool:
+        """Whether the allocation uses the truth separation of labelled statements."""
+        return self.method in TRUTH_METHODS and self.nm is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,86 @@
+"""Pruning masks as bool buffers on the linear layers (DESIGN 3.6)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tplo.blocks import stores_transposed
+
+MASK = "weight_mask"
+
+
+def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask [d_out, d_in] that zeroes the floor(d_in * sparsity) lowest scores of every row."""
+    n_prune = int(scores.shape[1] * sparsity)
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    if n_prune > 0:
+        lowest = torch.topk(scores, n_prune, dim=1, largest=False, sorted=False).indices
+        mask.scatter_(1, lowest, False)
+    return mask
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep-mask [d_out, d_in] keeping the n highest scores in every group of m consecutive inputs."""
+    d_out, d_in = scores.shape
+    if d_in % m:
+        raise ValueError(f"{n}:{m} sparsity needs d_in divisible by {m}, got d_in={d_in}.")
+    groups = scores.reshape(d_out, d_in // m, m)
+    keep = torch.topk(groups, n, dim=2).indices
+    return torch.zeros_like(groups, dtype=torch.bool).scatter_(2, keep, True).reshape(d_out, d_in)
+
+
+def set_mask(module: nn.Module, keep_rows: torch.Tensor) -> None:
+    """Store keep-mask [d_out, d_in] as the module's bool buffer (in the weight's own layout) and zero
+    the masked weights in place."""
+    mask = keep_rows.to(module.weight.device)
+    mask = (mask.t() if stores_transposed(module) else mask).contiguous()
+    module.register_buffer(MASK, mask, persistent=False)
+    with torch.no_grad():
+        module.weight.masked_fill_(~mask, 0)
+
+
+def masked_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module that carries a pruning mask, by qualified name."""
+    return {name: mod for name, mod in model.named_modules() if getattr(mod, MASK, None) is not None}
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module) -> None:
+    """Re-zero every masked weight in place (after an optimizer step, say)."""
+    for mod in masked_modules(model).values():
+        mod.weight.masked_fill_(~getattr(mod, MASK), 0)
+
+
+def mask_gradients(model: nn.Module) -> None:
+    """Zero the gradients of masked weights so optimizers see no update direction for them."""
+    for mod in masked_modules(model).values():
+        if mod.weight.grad is not None:
+            mod.weight.grad.masked_fill_(~getattr(mod, MASK), 0)
+
+
+def collect_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Module name -> bool keep-mask (weight layout), for checkpoints."""
+    return {name: getattr(mod, MASK) for name, mod in masked_modules(model).items()}
+
+
+def load_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Register saved masks on `model` and zero the masked weights."""
+    modules = dict(model.named_modules())
+    missing = [name for name in masks if name not in modules]
+    if missing:
+        raise KeyError(f"masks name modules the model does not have: {missing[:3]}; was the model changed?")
+    for name, mask in masks.items():
+        mod = modules[name]
+        if mask.shape != mod.weight.shape:
+            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight has {tuple(mod.weight.shape)}.")
+        mask = mask.to(mod.weight.device, torch.bool)
+        set_mask(mod, mask.t() if stores_transposed(mod) else mask)
+
+
+def model_sparsity(model: nn.Module) -> float:
+    """Fraction of zeros over all masked weights (0.0 when nothing is masked)."""
+    mods = masked_modules(model).values()
+    total = sum(m.weight.numel() for m in mods)
+    zeros = sum(int((m.weight == 0).sum()) for m in mods)
+    return zeros / total if total else 0.0

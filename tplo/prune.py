@@ -1,0 +1,239 @@
+"""`prune`: the whole TPLO pipeline on a Hugging Face model, without Lightning (DESIGN 3)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
+
+import torch
+from rich.progress import Progress
+from torch import nn
+
+from tplo.allocation import allocate
+from tplo.blocks import find_blocks, prunable_linears, weight_rows
+from tplo.config import PruneConfig
+from tplo.features import pool, resolve_pooling
+from tplo.input_norms import InputNorms, StopForward
+from tplo.masks import nm_mask, row_mask, set_mask
+from tplo.pruning_report import LayerReport, PruneReport
+from tplo.scores import fisher_ratio, magnitude_score, outlier_ratio, truth_separation, wanda_score
+from tplo.sequential import Recording, on_device, record_block_calls, run_block
+
+Batch = Mapping[str, torch.Tensor]
+
+
+@torch.no_grad()
+def prune(
+    model: nn.Module,
+    calibration_batches: Sequence[Batch],
+    statements: Sequence[Mapping] | None = None,
+    config: PruneConfig | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> PruneReport:
+    """Prune the block linears of `model` in place to `config.sparsity` and return the report.
+
+    Args:
+        model: a Hugging Face model (causal LM or encoder); masks are left on it as bool buffers.
+        calibration_batches: dicts with `input_ids` [B, T] and optionally `attention_mask` [B, T].
+        statements: labelled statement batches (`input_ids`, `attention_mask`, `labels` [B], and
+            `topics` list[str] / `negated` [B] to separate datasets); required by swl, tplo, tplo_blend.
+        config: the pruning settings.
+        device: where blocks are computed; defaults to the model's device. With `config.offload`, only
+            the block being processed is moved there.
+        progress: show rich progress bars.
+    """
+    config = config or PruneConfig()
+    if config.needs_statements and not statements:
+        raise ValueError(f"method {config.method!r} needs labelled statements for the truth separation; "
+                         "pass statements=... or use method 'owl' or 'uniform'.")
+    if not calibration_batches:
+        raise ValueError("no calibration batches: pass at least one batch of input_ids.")
+    path, blocks = find_blocks(model, config.blocks)
+    linears = [prunable_linears(b) for b in blocks]
+    params = torch.tensor([sum(m.weight.numel() for m in lin.values()) for lin in linears])
+    home = next(model.parameters()).device
+    device = torch.device(device) if device is not None else home
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        with _placed(model, path, blocks, device, config.offload), _progress(progress) as bar:
+            stats, outliers, separation = _dense_pass(model, blocks, linears, calibration_batches, statements,
+                                                      config, device, bar)
+            timings["statistics_s"] = time.perf_counter() - start
+            targets, pivot = allocate(config, params, torch.tensor(outliers),
+                                      None if separation is None else separation)
+            t = time.perf_counter()
+            if config.sequential and config.scorer == "wanda":
+                achieved = _sequential_pass(model, blocks, linears, calibration_batches, stats, targets, config,
+                                            device, bar)
+            else:
+                achieved = [_prune_block(blocks[l], linears[l], stats[l], float(targets[l]), config, device)
+                            for l in range(len(blocks))]
+            timings["pruning_s"] = time.perf_counter() - t
+    finally:
+        model.train(was_training)
+    timings["total_s"] = time.perf_counter() - start
+    pruned = sum(a * int(n) for a, n in zip(achieved, params))
+    layers = [
+        LayerReport(index=l, params=int(params[l]), outlier_ratio=outliers[l],
+                    truth_separation=None if separation is None else float(separation[l]),
+                    target_sparsity=float(targets[l]), achieved_sparsity=achieved[l])
+        for l in range(len(blocks))
+    ]
+    return PruneReport(method=config.method, scorer=config.scorer, structure=config.structure,
+                       sparsity=config.sparsity, owl_m=config.owl_m, owl_lambda=config.owl_lambda, beta=config.beta,
+                       pivot=pivot, global_sparsity=pruned / int(params.sum()), layers=layers, timings=timings,
+                       blocks=path)
+
+
+def _dense_pass(model, blocks, linears, calibration_batches, statements, config, device, bar):
+    """Pass 1 on the dense model: input norms, outlier ratios D_l and Fisher ratios per dataset."""
+    calib = record_block_calls(model, blocks, calibration_batches, device)
+    truth = record_block_calls(model, blocks, statements, device) if config.needs_statements else None
+    datasets = _dataset_index(statements) if truth is not None else None
+    pooling = resolve_pooling(model, config.pooling)
+    stats, outliers, ratios = [], [], []
+    task = bar.add_task("statistics (dense)", total=len(blocks)) if bar else None
+    for l, block in enumerate(blocks):
+        with _computing(block, device, config.offload):
+            norms = InputNorms(linears[l])
+            try:
+                calib.hidden = _run_all(block, calib, l, norms)
+            finally:
+                norms.remove()
+            _check_finite(norms.sq_norms, l)
+            stats.append(norms.sq_norms)
+            scores = [wanda_score(weight_rows(m), norms.sq_norms[n]) for n, m in linears[l].items()]
+            outliers.append(outlier_ratio(scores, config.owl_m))
+            del scores
+            if truth is not None:
+                truth.hidden = _run_all(block, truth, l)
+                features = torch.cat([pool(h, m, pooling) for h, m in zip(truth.hidden, truth.token_masks)]).cpu()
+                ratios.append([fisher_ratio(features[idx], labels) for idx, labels in datasets])
+        if bar:
+            bar.advance(task)
+    separation = truth_separation(torch.tensor(ratios).T) if ratios else None
+    return stats, outliers, separation
+
+
+def _sequential_pass(model, blocks, linears, calibration_batches, dense_stats, targets, config, device, bar):
+    """Pass 2: prune block by block, each block's statistics taken on the outputs of the pruned ones."""
+    calib = record_block_calls(model, blocks, calibration_batches, device)
+    achieved = []
+    task = bar.add_task("pruning (sequential)", total=len(blocks)) if bar else None
+    last = len(blocks) - 1
+    for l, block in enumerate(blocks):
+        with _computing(block, device, config.offload):
+            if l == 0:
+                stats = dense_stats[0]
+            else:
+                norms = InputNorms(linears[l], stop_after=list(dense_stats[l])[-1])
+                try:
+                    for b in range(len(calib.hidden)):
+                        norms.new_batch(calib.token_masks[b])
+                        try:
+                            run_block(block, calib.hidden[b], calib.calls[l][b])
+                        except StopForward:
+                            pass
+                finally:
+                    norms.remove()
+                _check_finite(norms.sq_norms, l)
+                stats = norms.sq_norms
+            achieved.append(_prune_block(block, linears[l], stats, float(targets[l]), config, device))
+            if l < last:
+                calib.hidden = _run_all(block, calib, l)
+        if bar:
+            bar.advance(task)
+    return achieved
+
+
+def _run_all(block: nn.Module, rec: Recording, l: int, norms: InputNorms | None = None) -> list[torch.Tensor]:
+    """Block `l` on every recorded batch; returns the new hidden states."""
+    out = []
+    for b, hidden in enumerate(rec.hidden):
+        if norms is not None:
+            norms.new_batch(rec.token_masks[b])
+        out.append(run_block(block, hidden, rec.calls[l][b]))
+    return out
+
+
+def _prune_block(block, linears, stats, sparsity, config, device) -> float:
+    """Mask every linear of one block; returns the block's achieved sparsity."""
+    pruned = total = 0
+    for name, module in linears.items():
+        weight = weight_rows(module)
+        if config.scorer == "wanda":
+            scores = wanda_score(weight, stats[name])
+        else:
+            scores = magnitude_score(weight)
+        keep = nm_mask(scores, *config.nm) if config.nm else row_mask(scores, sparsity)
+        set_mask(module, keep)
+        pruned += int((~keep).sum())
+        total += keep.numel()
+    return pruned / total
+
+
+def _dataset_index(statements: Sequence[Mapping]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Row indices and labels of each statement dataset (topic, negated) over all batches."""
+    rows: dict[str, list[int]] = defaultdict(list)
+    labels: list[int] = []
+    for batch in statements:
+        n = len(batch["labels"])
+        topics = batch.get("topics") or ["statements"] * n
+        negated = batch.get("negated")
+        for i in range(n):
+            neg = bool(negated[i]) if negated is not None else False
+            rows[("neg_" if neg else "") + topics[i]].append(len(labels))
+            labels.append(int(batch["labels"][i]))
+    all_labels = torch.tensor(labels)
+    return [(torch.tensor(idx), all_labels[idx]) for _, idx in sorted(rows.items())]
+
+
+def _check_finite(sq_norms: dict[str, torch.Tensor], block: int) -> None:
+    for name, sq in sq_norms.items():
+        if not bool(torch.isfinite(sq).all()):
+            raise FloatingPointError(
+                f"non-finite activations (NaN or inf) at the input of block {block}, linear {name!r}. "
+                "Check the calibration data and the model dtype (fp16 overflows easily; try bfloat16 or float32)."
+            )
+
+
+@contextmanager
+def _computing(block: nn.Module, device: torch.device, offload: bool) -> Iterator[None]:
+    with on_device(block, device) if offload else nullcontext():
+        yield
+
+
+@contextmanager
+def _placed(model: nn.Module, path: str, blocks: nn.ModuleList, device: torch.device,
+            offload: bool) -> Iterator[None]:
+    """Put the model on `device`; with `offload`, everything but the blocks (restored afterwards)."""
+    home = next(model.parameters()).device
+    if not offload:
+        model.to(device)
+        yield
+        return
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, nn.ModuleList())
+    try:
+        model.to(device)
+        yield
+    finally:
+        model.to(home)
+        setattr(parent, attr, blocks)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Progress | None]:
+    if not enabled:
+        yield None
+        return
+    with Progress(transient=False) as bar:
+        yield bar
