@@ -62,7 +62,7 @@ def prune(
     was_training = model.training
     model.eval()
     try:
-        with _placed(model, path, blocks, device, config.offload), _progress(progress) as bar:
+        with _placed(model, blocks, device, config.offload), _progress(progress) as bar:
             stats, outliers, separation = _dense_pass(model, blocks, linears, calibration_batches, statements,
                                                       config, device, bar)
             timings["statistics_s"] = time.perf_counter() - start
@@ -211,23 +211,22 @@ def _computing(block: nn.Module, device: torch.device, offload: bool) -> Iterato
 
 
 @contextmanager
-def _placed(model: nn.Module, path: str, blocks: nn.ModuleList, device: torch.device,
-            offload: bool) -> Iterator[None]:
-    """Put the model on `device`; with `offload`, everything but the blocks (restored afterwards)."""
-    home = next(model.parameters()).device
+def _placed(model: nn.Module, blocks: nn.ModuleList, device: torch.device, offload: bool) -> Iterator[None]:
+    """Put the model on `device`; with `offload`, everything but the blocks, moved back afterwards."""
     if not offload:
         model.to(device)
         yield
         return
-    parent_path, _, attr = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, attr, nn.ModuleList())
+    inside_blocks = set(blocks.modules())
+    others = [m for m in model.modules() if m not in inside_blocks]
+    home = next(p for m in others for p in m.parameters(recurse=False)).device
+    for module in others:
+        module._apply(lambda t: t.to(device), recurse=False)
     try:
-        model.to(device)
         yield
     finally:
-        model.to(home)
-        setattr(parent, attr, blocks)
+        for module in others:
+            module._apply(lambda t: t.to(home), recurse=False)
 
 
 @contextmanager

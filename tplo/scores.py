@@ -36,6 +36,8 @@ def fisher_ratio(features: torch.Tensor, labels: torch.Tensor) -> float:
     mu = x.mean(0)
     between = 0.5 * ((false.mean(0) - mu) ** 2 + (true.mean(0) - mu) ** 2).mean()
     within = 0.5 * (false.var(0, unbiased=True).mean() + true.var(0, unbiased=True).mean())
+    if within == 0:
+        raise ValueError("all true (and all false) statements have identical features; use varied statements.")
     return float(between / within)
 
 
