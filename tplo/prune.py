@@ -6,6 +6,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -63,14 +64,14 @@ def prune(
     model.eval()
     try:
         with _placed(model, blocks, device, config.offload), _progress(progress) as bar:
-            stats, outliers, separation = _dense_pass(model, blocks, linears, calibration_batches, statements,
-                                                      config, device, bar)
+            dense = _dense_pass(model, blocks, linears, calibration_batches, statements, config, device, bar)
+            stats, outliers, separation = dense.stats, dense.outliers, dense.separation
             timings["statistics_s"] = time.perf_counter() - start
             targets, pivot = allocate(config, params, torch.tensor(outliers),
                                       None if separation is None else separation)
             t = time.perf_counter()
             if config.sequential and config.scorer == "wanda":
-                achieved = _sequential_pass(model, blocks, linears, calibration_batches, stats, targets, config,
+                achieved = _sequential_pass(model, blocks, linears, calibration_batches, dense, targets, config,
                                             device, bar)
             else:
                 achieved = [_prune_block(blocks[l], linears[l], stats[l], float(targets[l]), config, device)
@@ -92,21 +93,35 @@ def prune(
                        blocks=path)
 
 
-def _dense_pass(model, blocks, linears, calibration_batches, statements, config, device, bar):
+@dataclass
+class DenseStatistics:
+    """What pass 1 learns on the dense model."""
+
+    stats: list[dict[str, torch.Tensor]]
+    outliers: list[float]
+    separation: torch.Tensor | None
+    returns_tuple: bool
+
+
+def _dense_pass(model, blocks, linears, calibration_batches, statements, config, device, bar) -> DenseStatistics:
     """Pass 1 on the dense model: input norms, outlier ratios D_l and Fisher ratios per dataset."""
     calib = record_block_calls(model, blocks, calibration_batches, device)
-    truth = record_block_calls(model, blocks, statements, device) if config.needs_statements else None
+    truth = (record_block_calls(model, blocks, statements, device, calib.returns_tuple)
+             if config.needs_statements else None)
     datasets = _dataset_index(statements) if truth is not None else None
     pooling = resolve_pooling(model, config.pooling)
     stats, outliers, ratios = [], [], []
     task = bar.add_task("statistics (dense)", total=len(blocks)) if bar else None
     for l, block in enumerate(blocks):
         with _computing(block, device, config.offload):
-            norms = InputNorms(linears[l])
-            try:
-                calib.hidden = _run_all(block, calib, l, norms)
-            finally:
-                norms.remove()
+            if l == 0 or l < len(blocks) - 1:
+                norms = InputNorms(linears[l])
+                try:
+                    calib.hidden = _run_all(block, calib, l, norms)
+                finally:
+                    norms.remove()
+            else:
+                norms = _statistics_only(block, linears[l], calib, l, stop_after=list(stats[-1])[-1])
             _check_finite(norms.sq_norms, l)
             stats.append(norms.sq_norms)
             scores = [wanda_score(weight_rows(m), norms.sq_norms[n]) for n, m in linears[l].items()]
@@ -119,38 +134,45 @@ def _dense_pass(model, blocks, linears, calibration_batches, statements, config,
         if bar:
             bar.advance(task)
     separation = truth_separation(torch.tensor(ratios).T) if ratios else None
-    return stats, outliers, separation
+    return DenseStatistics(stats, outliers, separation, calib.returns_tuple)
 
 
-def _sequential_pass(model, blocks, linears, calibration_batches, dense_stats, targets, config, device, bar):
+def _sequential_pass(model, blocks, linears, calibration_batches, dense: DenseStatistics, targets, config, device,
+                     bar) -> list[float]:
     """Pass 2: prune block by block, each block's statistics taken on the outputs of the pruned ones."""
-    calib = record_block_calls(model, blocks, calibration_batches, device)
+    calib = record_block_calls(model, blocks, calibration_batches, device, dense.returns_tuple)
     achieved = []
     task = bar.add_task("pruning (sequential)", total=len(blocks)) if bar else None
     last = len(blocks) - 1
     for l, block in enumerate(blocks):
         with _computing(block, device, config.offload):
             if l == 0:
-                stats = dense_stats[0]
+                stats = dense.stats[0]
             else:
-                norms = InputNorms(linears[l], stop_after=list(dense_stats[l])[-1])
-                try:
-                    for b in range(len(calib.hidden)):
-                        norms.new_batch(calib.token_masks[b])
-                        try:
-                            run_block(block, calib.hidden[b], calib.calls[l][b])
-                        except StopForward:
-                            pass
-                finally:
-                    norms.remove()
-                _check_finite(norms.sq_norms, l)
-                stats = norms.sq_norms
+                stats = _statistics_only(block, linears[l], calib, l, stop_after=list(dense.stats[l])[-1]).sq_norms
+                _check_finite(stats, l)
             achieved.append(_prune_block(block, linears[l], stats, float(targets[l]), config, device))
             if l < last:
                 calib.hidden = _run_all(block, calib, l)
         if bar:
             bar.advance(task)
     return achieved
+
+
+def _statistics_only(block: nn.Module, linears: dict[str, nn.Module], rec: Recording, l: int,
+                     stop_after: str) -> InputNorms:
+    """Input norms of block `l` on every recorded batch, each forward cut short after `stop_after`."""
+    norms = InputNorms(linears, stop_after=stop_after)
+    try:
+        for b, hidden in enumerate(rec.hidden):
+            norms.new_batch(rec.token_masks[b])
+            try:
+                run_block(block, hidden, rec.calls[l][b])
+            except StopForward:
+                pass
+    finally:
+        norms.remove()
+    return norms
 
 
 def _run_all(block: nn.Module, rec: Recording, l: int, norms: InputNorms | None = None) -> list[torch.Tensor]:

@@ -45,11 +45,14 @@ def _split_hidden(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]
 
 @torch.no_grad()
 def record_block_calls(model: nn.Module, blocks: nn.ModuleList, batches: Sequence[Mapping[str, torch.Tensor]],
-                       device: torch.device) -> Recording:
-    """Run `model` over `batches` with identity blocks and record what every block receives."""
+                       device: torch.device, returns_tuple: bool | None = None) -> Recording:
+    """Run `model` over `batches` with identity blocks and record what every block receives.
+
+    Whether blocks return a tuple or a tensor is learnt by running block 0 once, unless given.
+    """
     calls: list[list[BlockCall]] = [[] for _ in blocks]
     hidden: list[torch.Tensor] = []
-    returns_tuple: list[bool] = []
+    returns_tuple = [] if returns_tuple is None else [returns_tuple]
     first = blocks[0]
 
     def recorder(index: int, original):
