@@ -203,3 +203,19 @@ def test_unsupported_model_error_says_what_was_found_and_how_to_override():
         find_blocks(tiny_model("llama"), "model.blocks")
     path, blocks = find_blocks(tiny_model("gpt2"), "transformer.h")
     assert path == "transformer.h" and len(blocks) == 4
+
+
+def test_one_class_statement_dataset_is_rejected_before_any_forward():
+    statements = statement_batches(1)
+    statements[0]["labels"] = torch.tensor([1, 1, 1, 1, 0, 1, 0, 1])  # cities: all true
+    model = tiny_model("llama")
+    calls = []
+    model.model.embed_tokens.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="'cities' has 2 true and 0 false"):
+        prune(model, token_batches(), statements, PruneConfig(method="swl"), progress=False)
+    assert not calls
+
+
+def test_empty_calibration_is_rejected():
+    with pytest.raises(ValueError, match="non-empty list of dicts with input_ids"):
+        prune(tiny_model("llama"), [], None, PruneConfig(method="uniform"), progress=False)

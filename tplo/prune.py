@@ -51,8 +51,9 @@ def prune(
     if config.needs_statements and not statements:
         raise ValueError(f"method {config.method!r} needs labelled statements for the truth separation; "
                          "pass statements=... or use method 'owl' or 'uniform'.")
-    if not calibration_batches:
-        raise ValueError("no calibration batches: pass at least one batch of input_ids.")
+    if not calibration_batches or any("input_ids" not in b for b in calibration_batches):
+        raise ValueError("calibration_batches must be a non-empty list of dicts with input_ids [B, T].")
+    datasets = _dataset_index(statements) if config.needs_statements else None
     path, blocks = find_blocks(model, config.blocks)
     linears = [prunable_linears(b) for b in blocks]
     params = torch.tensor([sum(m.weight.numel() for m in lin.values()) for lin in linears])
@@ -64,7 +65,8 @@ def prune(
     model.eval()
     try:
         with _placed(model, blocks, device, config.offload), _progress(progress) as bar:
-            dense = _dense_pass(model, blocks, linears, calibration_batches, statements, config, device, bar)
+            dense = _dense_pass(model, blocks, linears, calibration_batches, statements, datasets, config,
+                                device, bar)
             stats, outliers, separation = dense.stats, dense.outliers, dense.separation
             timings["statistics_s"] = time.perf_counter() - start
             targets, pivot = allocate(config, params, torch.tensor(outliers),
@@ -103,12 +105,12 @@ class DenseStatistics:
     returns_tuple: bool
 
 
-def _dense_pass(model, blocks, linears, calibration_batches, statements, config, device, bar) -> DenseStatistics:
+def _dense_pass(model, blocks, linears, calibration_batches, statements, datasets, config, device,
+                bar) -> DenseStatistics:
     """Pass 1 on the dense model: input norms, outlier ratios D_l and Fisher ratios per dataset."""
     calib = record_block_calls(model, blocks, calibration_batches, device)
     truth = (record_block_calls(model, blocks, statements, device, calib.returns_tuple)
              if config.needs_statements else None)
-    datasets = _dataset_index(statements) if truth is not None else None
     pooling = resolve_pooling(model, config.pooling)
     stats, outliers, ratios = [], [], []
     task = bar.add_task("statistics (dense)", total=len(blocks)) if bar else None
@@ -214,7 +216,14 @@ def _dataset_index(statements: Sequence[Mapping]) -> list[tuple[torch.Tensor, to
             rows[("neg_" if neg else "") + topics[i]].append(len(labels))
             labels.append(int(batch["labels"][i]))
     all_labels = torch.tensor(labels)
-    return [(torch.tensor(idx), all_labels[idx]) for _, idx in sorted(rows.items())]
+    index = []
+    for name, idx in sorted(rows.items()):
+        counts = torch.bincount(all_labels[idx], minlength=2)
+        if counts.min() < 2 or len(counts) > 2:
+            raise ValueError(f"statement dataset {name!r} has {int(counts[1])} true and {int(counts[0])} false "
+                             "statements (labels must be 0/1); the truth separation needs at least two of each.")
+        index.append((torch.tensor(idx), all_labels[idx]))
+    return index
 
 
 def _check_finite(sq_norms: dict[str, torch.Tensor], block: int) -> None:
