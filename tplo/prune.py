@@ -41,7 +41,8 @@ def prune(
         model: a Hugging Face model (causal LM or encoder); masks are left on it as bool buffers.
         calibration_batches: dicts with `input_ids` [B, T] and optionally `attention_mask` [B, T].
         statements: labelled statement batches (`input_ids`, `attention_mask`, `labels` [B], and
-            `topics` list[str] / `negated` [B] to separate datasets); required by swl, tplo, tplo_blend.
+            `topics` list[str] / `negated` [B] to separate datasets); required by swl, tplo, tplo_blend,
+            and used for the report's truth separation whenever given.
         config: the pruning settings.
         device: where blocks are computed; defaults to the model's device. With `config.offload`, only
             the block being processed is moved there.
@@ -53,7 +54,7 @@ def prune(
                          "pass statements=... or use method 'owl' or 'uniform'.")
     if not calibration_batches or any("input_ids" not in b for b in calibration_batches):
         raise ValueError("calibration_batches must be a non-empty list of dicts with input_ids [B, T].")
-    datasets = _dataset_index(statements) if config.needs_statements else None
+    datasets = _dataset_index(statements) if statements else None
     path, blocks = find_blocks(model, config.blocks)
     linears = [prunable_linears(b) for b in blocks]
     params = torch.tensor([sum(m.weight.numel() for m in lin.values()) for lin in linears])
@@ -67,16 +68,14 @@ def prune(
         with _placed(model, blocks, device, config.offload), _progress(progress) as bar:
             dense = _dense_pass(model, blocks, linears, calibration_batches, statements, datasets, config,
                                 device, bar)
-            stats, outliers, separation = dense.stats, dense.outliers, dense.separation
             timings["statistics_s"] = time.perf_counter() - start
-            targets, pivot = allocate(config, params, torch.tensor(outliers),
-                                      None if separation is None else separation)
+            targets, pivot = allocate(config, params, torch.tensor(dense.outliers), dense.separation)
             t = time.perf_counter()
             if config.sequential and config.scorer == "wanda":
                 achieved = _sequential_pass(model, blocks, linears, calibration_batches, dense, targets, config,
                                             device, bar)
             else:
-                achieved = [_prune_block(blocks[l], linears[l], stats[l], float(targets[l]), config, device)
+                achieved = [_prune_block(linears[l], dense.stats[l], float(targets[l]), config)
                             for l in range(len(blocks))]
             timings["pruning_s"] = time.perf_counter() - t
     finally:
@@ -84,8 +83,8 @@ def prune(
     timings["total_s"] = time.perf_counter() - start
     pruned = sum(a * int(n) for a, n in zip(achieved, params))
     layers = [
-        LayerReport(index=l, params=int(params[l]), outlier_ratio=outliers[l],
-                    truth_separation=None if separation is None else float(separation[l]),
+        LayerReport(index=l, params=int(params[l]), outlier_ratio=dense.outliers[l],
+                    truth_separation=None if dense.separation is None else float(dense.separation[l]),
                     target_sparsity=float(targets[l]), achieved_sparsity=achieved[l])
         for l in range(len(blocks))
     ]
@@ -109,8 +108,7 @@ def _dense_pass(model, blocks, linears, calibration_batches, statements, dataset
                 bar) -> DenseStatistics:
     """Pass 1 on the dense model: input norms, outlier ratios D_l and Fisher ratios per dataset."""
     calib = record_block_calls(model, blocks, calibration_batches, device)
-    truth = (record_block_calls(model, blocks, statements, device, calib.returns_tuple)
-             if config.needs_statements else None)
+    truth = record_block_calls(model, blocks, statements, device, calib.returns_tuple) if datasets else None
     pooling = resolve_pooling(model, config.pooling)
     stats, outliers, ratios = [], [], []
     task = bar.add_task("statistics (dense)", total=len(blocks)) if bar else None
@@ -153,7 +151,7 @@ def _sequential_pass(model, blocks, linears, calibration_batches, dense: DenseSt
             else:
                 stats = _statistics_only(block, linears[l], calib, l, stop_after=list(dense.stats[l])[-1]).sq_norms
                 _check_finite(stats, l)
-            achieved.append(_prune_block(block, linears[l], stats, float(targets[l]), config, device))
+            achieved.append(_prune_block(linears[l], stats, float(targets[l]), config))
             if l < last:
                 calib.hidden = _run_all(block, calib, l)
         if bar:
@@ -187,7 +185,8 @@ def _run_all(block: nn.Module, rec: Recording, l: int, norms: InputNorms | None 
     return out
 
 
-def _prune_block(block, linears, stats, sparsity, config, device) -> float:
+def _prune_block(linears: dict[str, nn.Module], stats: dict[str, torch.Tensor], sparsity: float,
+                 config: PruneConfig) -> float:
     """Mask every linear of one block; returns the block's achieved sparsity."""
     pruned = total = 0
     for name, module in linears.items():
