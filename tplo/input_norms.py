@@ -47,7 +47,8 @@ class InputNorms:
         mask = self.token_mask
         if mask is not None and mask.numel() == rows.shape[0] and not bool(mask.all()):
             rows = rows[mask.reshape(-1)]
-        return torch.linalg.vector_norm(rows, dim=0, dtype=torch.float32).square()
+        rows = rows.float()
+        return (rows * rows).sum(0)
 
     def new_batch(self, token_mask: torch.Tensor | None) -> None:
         """Declare the padding mask [B, T] of the batch about to run."""
