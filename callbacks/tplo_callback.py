@@ -1,5 +1,5 @@
 """`TPLOCallback`: prune a LightningModule's Hugging Face model once at fit start, keep it sparse while
-training, log the allocation, and export the pruned model at fit end."""
+training, log the allocation, and export the pruned model at fit end (atomically, from rank 0 only)."""
 
 from __future__ import annotations
 
@@ -12,20 +12,22 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_info
 from matplotlib.figure import Figure
 from rich.console import Console
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from tplo.blocks import find_blocks
 from tplo.config import Method, PruneConfig, Scorer, Structure
 from tplo.data.calibration import CalibrationSource, build_calibration, calibration_batches
+from tplo.export import REPORT_FILE, check_export_dir, export_pretrained
+from tplo.mask_checksum import check_same_across_ranks, checksum_from_tensor, checksum_tensor, mask_checksum
 from tplo.masks import apply_masks, collect_masks, load_masks, mask_gradients, masked_modules, model_sparsity
 from tplo.prune import prune
 from tplo.pruning_report import PruneReport
 from tplo.truth_probe import resolve_model_path
-
-REPORT_FILE = "pruning_report.json"
 
 
 @dataclass
@@ -61,8 +63,11 @@ class TPLOCallback(Callback):
         tokenizer (for `calibration` and the export): the callback's `tokenizer`, else a `tokenizer`
             attribute of the LightningModule, else of the datamodule.
 
-    On resume (`ckpt_path`), masks and report come from the checkpoint and nothing is pruned again.
-    Strategies that shard parameters (FSDP, DeepSpeed) are not supported.
+    Settings, backbone, blocks, pivot and export folder are checked in `__init__` and `setup`, before any
+    calibration runs. On resume (`ckpt_path`), masks and report come from the checkpoint and nothing is
+    pruned again. Under DDP every rank prunes the same model on the same calibration data and the ranks
+    compare a SHA-256 of their masks (32 bytes each, not the masks), stopping if they differ; only rank 0
+    writes files. Strategies that shard parameters (FSDP, DeepSpeed, ModelParallel) are refused in `setup`.
 
     Args:
         sparsity: target fraction of pruned weights over all block linears.
@@ -84,7 +89,10 @@ class TPLOCallback(Callback):
             datamodule has a `tokenizer` attribute.
         keep_masks: keep masked weights exactly zero during training (gradients masked before and
             weights re-zeroed after every optimizer step).
-        export_dir: where the pruned model is saved at fit end; None means `<log_dir>/pruned_model`.
+        export_dir: where the pruned model is saved at fit end; None means `<log_dir>/pruned_model`. The
+            export is written to a temporary folder next to it and renamed when complete.
+        overwrite: replace an existing export at `export_dir` (only once the new one is complete); without
+            it a non-empty `export_dir` is refused before pruning starts.
     """
 
     def __init__(
@@ -107,6 +115,7 @@ class TPLOCallback(Callback):
         tokenizer: str | None = None,
         keep_masks: bool = True,
         export_dir: str | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.config = PruneConfig(sparsity=sparsity, method=method, scorer=scorer, structure=structure, owl_m=owl_m,
                                   owl_lambda=owl_lambda, beta=beta, pivot=pivot, s_min=s_min, s_max=s_max,
@@ -115,15 +124,32 @@ class TPLOCallback(Callback):
         self.tokenizer = tokenizer
         self.keep_masks = keep_masks
         self.export_dir = export_dir
+        self.overwrite = overwrite
+        if export_dir is not None:
+            check_export_dir(export_dir, overwrite)
         self.report: PruneReport | None = None
+        self.mask_checksum: str | None = None
+        self.exported: Path | None = None
+        self._log_dir: Path | None = None
         self._backbone: nn.Module | None = None
         self._restored_masks: dict[str, torch.Tensor] | None = None
         self._hooks: list[Any] = []
 
     # ------------------------------------------------------------------ hooks
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Check what can be checked before any calibration: strategy, backbone, blocks, pivot, export folder."""
+        if stage != "fit":
+            return
+        check_strategy(trainer.strategy)
+        _, blocks = find_blocks(get_backbone(pl_module), self.config.blocks)
+        self.config.check_blocks(len(blocks))
+        self._log_dir = Path(trainer.log_dir)  # a collective under DDP: every rank must ask
+        check_export_dir(self._export_path(), self.overwrite)
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Prune (or restore the checkpoint's masks), log the allocation, and arm the mask hooks."""
+        """Prune (or restore the checkpoint's masks), check them across ranks, log the allocation, and arm
+        the mask hooks."""
         backbone = self._backbone = get_backbone(pl_module)
         if self._restored_masks is not None:
             load_masks(backbone, self._restored_masks)
@@ -134,7 +160,9 @@ class TPLOCallback(Callback):
             self.report = prune(backbone, self._calibration_batches(trainer, pl_module),
                                 self._statements(trainer), self.config, device=trainer.strategy.root_device,
                                 progress=trainer.is_global_zero)
+        self.mask_checksum = same_masks_on_every_rank(trainer, backbone)
         if trainer.is_global_zero:
+            self.report.save(self._log_dir / REPORT_FILE)
             Console().print(self.report.rich_table())
         self._log(trainer)
         if self.keep_masks:
@@ -147,23 +175,20 @@ class TPLOCallback(Callback):
             mask_gradients(get_backbone(pl_module))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Write `pruning_report.json` to the log directory and export the pruned model."""
+        """Export the pruned model with its report and tokenizer (rank 0 only, atomically)."""
         self._remove_hooks()
         backbone = get_backbone(pl_module)
         for logger in trainer.loggers:
             logger.log_metrics({"prune/global_sparsity": model_sparsity(backbone)}, step=trainer.global_step)
         if not trainer.is_global_zero:
             return
-        log_dir = Path(trainer.log_dir)
-        self.report.save(log_dir / REPORT_FILE)
-        export = Path(self.export_dir) if self.export_dir else log_dir / "pruned_model"
-        backbone.save_pretrained(export)
-        self.report.save(export / REPORT_FILE)
         tokenizer = self._tokenizer(trainer, pl_module)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(export)
-        rank_zero_info(f"TPLOCallback: report in {log_dir / REPORT_FILE}; pruned model in {export}"
+        self.exported = export_pretrained(backbone, self._export_path(), self.report, tokenizer, self.overwrite)
+        rank_zero_info(f"TPLOCallback: report in {self._log_dir / REPORT_FILE}; pruned model in {self.exported}"
                        + ("" if tokenizer is not None else " (no tokenizer found to save with it)"))
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._remove_hooks()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._remove_hooks()
@@ -184,6 +209,9 @@ class TPLOCallback(Callback):
         self._restored_masks = {name: _unpack(m["bits"], m["shape"]) for name, m in state_dict["masks"].items()}
 
     # ------------------------------------------------------------------ helpers
+
+    def _export_path(self) -> Path:
+        return Path(self.export_dir) if self.export_dir else self._log_dir / "pruned_model"
 
     def _calibration_batches(self, trainer: Trainer, pl_module: LightningModule) -> list[dict[str, torch.Tensor]]:
         if self.calibration is not None:
@@ -229,7 +257,7 @@ class TPLOCallback(Callback):
                 metrics[f"prune/truth_separation/layer_{layer.index:02d}"] = layer.truth_separation
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-            if isinstance(logger, TensorBoardLogger):
+            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                 logger.experiment.add_figure("prune/allocation", allocation_figure(self.report), trainer.global_step)
                 logger.experiment.add_text("prune/report", self.report.markdown(), trainer.global_step)
 
@@ -249,6 +277,25 @@ def get_backbone(pl_module: LightningModule) -> nn.Module:
                              "attribute `backbone` holding the Hugging Face model, or a method `get_backbone()` "
                              "that returns it.")
     return backbone
+
+
+def check_strategy(strategy: Strategy) -> None:
+    """Refuse strategies that shard parameters: scores and masks need each block's full weights."""
+    if isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+        raise ValueError(f"TPLOCallback does not support {type(strategy).__name__}: it shards the parameters, and "
+                         "pruning needs every block's full weights in each process. Use strategy: ddp (one full "
+                         "model per GPU) or a single device.")
+
+
+def same_masks_on_every_rank(trainer: Trainer, backbone: nn.Module) -> str:
+    """The SHA-256 of the backbone's masks, gathered from every rank; raises if any rank differs."""
+    checksum = mask_checksum(collect_masks(backbone))
+    if trainer.world_size > 1:
+        gathered = trainer.strategy.all_gather(checksum_tensor(checksum).to(trainer.strategy.root_device))
+        check_same_across_ranks([checksum_from_tensor(row) for row in gathered.reshape(trainer.world_size, -1)])
+    rank_zero_info(f"TPLOCallback: mask checksum sha256:{checksum[:16]}, identical on all {trainer.world_size} "
+                   "process(es).")
+    return checksum
 
 
 def allocation_figure(report: PruneReport) -> Figure:

