@@ -222,13 +222,12 @@ def _pruned_for_now(linears: dict[str, nn.Module], keeps: dict[str, torch.Tensor
     saved: dict[str, torch.Tensor] = {}
     try:
         for name, module in linears.items():
-            weight, drop = weight_rows(module), ~keeps[name]
-            saved[name] = weight.masked_select(drop)
-            weight.masked_fill_(drop, 0)
+            saved[name] = module.weight.detach().clone()
+            weight_rows(module).masked_fill_(~keeps[name], 0)
         yield
     finally:
-        for name, values in saved.items():
-            weight_rows(linears[name]).masked_scatter_(~keeps[name], values)
+        for name, dense in saved.items():
+            linears[name].weight.copy_(dense)
 
 
 def _dataset_index(statements: Sequence[Mapping]) -> list[tuple[torch.Tensor, torch.Tensor]]:
