@@ -20,8 +20,8 @@ from tplo.callbacks import TPLOCallback
 from tplo.config import PruneConfig
 from tplo.data import StatementDataModule
 from tplo.export import check_export_dir
-from tplo.model_source import check_model_source
-from tplo.truth_probe import TruthProbe, resolve_model_path
+from tplo.model_source import check_model_source, resolve_model_path
+from tplo.truth_probe import TruthProbe
 
 
 class TPLOCLI(LightningCLI):

@@ -27,7 +27,7 @@ from tplo.mask_checksum import check_same_across_ranks, checksum_from_tensor, ch
 from tplo.masks import apply_masks, collect_masks, load_masks, mask_gradients, masked_modules, model_sparsity
 from tplo.prune import prune
 from tplo.pruning_report import PruneReport
-from tplo.truth_probe import resolve_model_path
+from tplo.model_source import resolve_model_path
 
 
 @dataclass

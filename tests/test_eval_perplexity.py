@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tplo.perplexity import make_windows, perplexity, read_text, window_nll
-from test_eval_truthfulqa import char_tokenizer
+from tiny_tokenizers import char_tokenizer
 from tiny_models import tiny_model
 
 

@@ -10,7 +10,7 @@ from tplo.evaluate import main as evaluate
 from tplo.prune import prune
 from tplo.report import Run, load_run, main, markdown_table, table_rows, unique_names
 from test_eval_cli import write_statements
-from test_eval_truthfulqa import char_tokenizer
+from tiny_tokenizers import char_tokenizer
 from tiny_models import tiny_model, token_batches
 
 

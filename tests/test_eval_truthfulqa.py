@@ -4,24 +4,12 @@ import math
 
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
 
 from tplo.truthfulqa_mc import (
     INSTRUCTION, MCItem, build_prompt, continuation_loglikelihoods, item_scores, mc1, mc2, truthfulqa_mc,
 )
 from tiny_models import tiny_model
-
-
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per printable ASCII character (ids < 100, fits the tiny models' vocab of 128), BOS first."""
-    specials = ["<pad>", "<s>", "</s>", "<unk>"]
-    vocab = {t: i for i, t in enumerate(specials + ["\n"] + [chr(c) for c in range(32, 127)])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
+from tiny_tokenizers import char_tokenizer
 
 
 def test_mc1_requires_the_best_answer_to_beat_every_incorrect_one():

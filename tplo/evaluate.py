@@ -46,11 +46,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import nn
 from transformers import (
-    AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase,
+    AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase,
 )
 from transformers.utils.logging import disable_progress_bar
 
-from tplo.blocks import ENCODER_MODEL_TYPES, find_blocks
+from tplo.blocks import find_blocks, is_encoder_config
 from tplo.data.collate import ensure_pad_token, statement_batches, tokenize_statements
 from tplo.data.schema import dataset_names
 from tplo.data.statements import load_statements
@@ -59,7 +59,7 @@ from tplo.feature_cache import cache_path, cached_features, default_cache_dir, m
 from tplo.features import extract_features, resolve_pooling
 from tplo.lie_detection import PROBES, headline, run_protocol, summarise
 from tplo.perplexity import perplexity, read_text
-from tplo.truth_probe import resolve_model_path
+from tplo.model_source import resolve_model_path
 from tplo.truthfulqa_mc import MCItem, truthfulqa_mc
 
 SCHEMA_VERSION = 1
@@ -112,11 +112,6 @@ def resolve_model_source(model: str) -> str:
     return model
 
 
-def is_causal_config(config: PretrainedConfig) -> bool:
-    """False for bidirectional encoders (BERT family), True for everything else."""
-    return not (config.model_type in ENCODER_MODEL_TYPES and not getattr(config, "is_decoder", False))
-
-
 def load_model(cfg: EvalConfig) -> tuple[nn.Module, PreTrainedTokenizerBase, bool]:
     """(model in eval mode on the chosen device, tokenizer with a pad token, causal LM?)."""
     source = resolve_model_source(cfg.model)
@@ -127,7 +122,7 @@ def load_model(cfg: EvalConfig) -> tuple[nn.Module, PreTrainedTokenizerBase, boo
                                 f"Hub failed: {error}") from error
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    causal = is_causal_config(config)
+    causal = not is_encoder_config(config)
     auto = AutoModelForCausalLM if causal else AutoModel
     model = auto.from_pretrained(source, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code))

