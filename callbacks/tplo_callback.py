@@ -23,7 +23,8 @@ from tplo.blocks import find_blocks
 from tplo.config import Method, PruneConfig, Scorer, Structure
 from tplo.data.calibration import CalibrationSource, build_calibration, calibration_batches
 from tplo.export import REPORT_FILE, check_export_dir, export_pretrained
-from tplo.mask_checksum import check_same_across_ranks, checksum_from_tensor, checksum_tensor, mask_checksum
+from tplo.mask_checksum import (check_same_across_ranks, checksum_from_tensor, checksum_tensor, mask_checksum,
+                                pack_bits)
 from tplo.masks import apply_masks, collect_masks, load_masks, mask_gradients, masked_modules, model_sparsity
 from tplo.prune import prune
 from tplo.pruning_report import PruneReport
@@ -199,7 +200,8 @@ class TPLOCallback(Callback):
             return {}
         masks = collect_masks(self._backbone)
         return {"report": self.report.to_dict(),
-                "masks": {name: {"shape": list(mask.shape), "bits": _pack(mask)} for name, mask in masks.items()}}
+                "masks": {name: {"shape": list(mask.shape), "bits": pack_bits(mask).cpu()}
+                          for name, mask in masks.items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep the checkpoint's report and masks; `on_fit_start` applies them instead of pruning."""
@@ -325,11 +327,6 @@ def _rezero(optimizer: torch.optim.Optimizer, masked: list[nn.Module]) -> None:
     for module in masked:
         if id(module.weight) in held:
             apply_masks(module)
-
-
-def _pack(mask: torch.Tensor) -> torch.Tensor:
-    """A bool tensor as uint8 bits (8x smaller in checkpoints)."""
-    return torch.from_numpy(np.packbits(mask.detach().cpu().numpy().reshape(-1)))
 
 
 def _unpack(bits: torch.Tensor, shape: list[int]) -> torch.Tensor:

@@ -7,11 +7,10 @@ split. So no statement is in two splits and a city is never in both train and te
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pandas as pd
 
+from tplo.data.generated import topic_rng
 from tplo.data.schema import StatementDataError, dataset_names, typed_table
 
 SPLITS = ("train", "val", "test")
@@ -36,11 +35,6 @@ def split_groups(frame: pd.DataFrame) -> np.ndarray:
     roots = [find(i) for i in range(len(frame))]
     numbering: dict[int, int] = {}
     return np.array([numbering.setdefault(r, len(numbering)) for r in roots], dtype=np.int64)
-
-
-def topic_rng(topic: str, seed: int) -> np.random.Generator:
-    """A generator per topic, so one topic's split does not depend on the others."""
-    return np.random.default_rng([seed, zlib.crc32(topic.encode())])
 
 
 def take(frame: pd.DataFrame, rows: list[int] | np.ndarray) -> pd.DataFrame:

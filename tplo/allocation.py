@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from tplo.config import PruneConfig
+from tplo.config import PruneConfig, check_pivot
 
 
 def owl_ratios(outlier_ratio: torch.Tensor, owl_lambda: float) -> torch.Tensor:
@@ -34,11 +34,9 @@ def swl_densities(truth_separation: torch.Tensor, sparsity: float, beta: float) 
 
 def resolve_pivot(truth_separation: torch.Tensor, pivot: int | str) -> int:
     """`auto` = max(0, argmax(p) - 2); an integer must name a block."""
-    n = truth_separation.numel()
     if pivot == "auto":
         return max(0, int(truth_separation.argmax()) - 2)
-    if not 0 <= int(pivot) < n:
-        raise ValueError(f"pivot {pivot} is beyond the model's {n} blocks; use 0..{n - 1} or 'auto'.")
+    check_pivot(pivot, truth_separation.numel())
     return int(pivot)
 
 

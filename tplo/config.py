@@ -76,9 +76,8 @@ class PruneConfig:
 
     def check_blocks(self, n_blocks: int) -> None:
         """Reject an explicit TPLO pivot that names no block of a model with `n_blocks` blocks."""
-        if self.method == "tplo" and self.nm is None and self.pivot != "auto" and self.pivot >= n_blocks:
-            raise ValueError(f"pivot {self.pivot} is beyond the model's {n_blocks} blocks; "
-                             f"use 0..{n_blocks - 1} or 'auto'.")
+        if self.method == "tplo" and self.nm is None:
+            check_pivot(self.pivot, n_blocks)
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -95,3 +94,9 @@ class PruneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_pivot(pivot: int | str, n_blocks: int) -> None:
+    """An explicit pivot must name one of the model's `n_blocks` blocks."""
+    if pivot != "auto" and not 0 <= int(pivot) < n_blocks:
+        raise ValueError(f"pivot {pivot} is beyond the model's {n_blocks} blocks; use 0..{n_blocks - 1} or 'auto'.")

@@ -30,10 +30,8 @@ TensorBoard (DIR): `lie_detection/<probe>_acc` and `_std` with the layer as step
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -57,9 +55,10 @@ from tplo.data.statements import load_statements
 from tplo.data.truthfulqa import load_truthfulqa
 from tplo.feature_cache import cache_path, cached_features, default_cache_dir, model_fingerprint, statements_fingerprint
 from tplo.features import extract_features, resolve_pooling
+from tplo.json_io import write_json_atomic
 from tplo.lie_detection import PROBES, headline, run_protocol, summarise
 from tplo.perplexity import perplexity, read_text
-from tplo.model_source import resolve_model_path
+from tplo.model_source import check_model_source, resolve_model_path
 from tplo.truthfulqa_mc import MCItem, truthfulqa_mc
 
 SCHEMA_VERSION = 1
@@ -115,6 +114,7 @@ def resolve_model_source(model: str) -> str:
 def load_model(cfg: EvalConfig) -> tuple[nn.Module, PreTrainedTokenizerBase, bool]:
     """(model in eval mode on the chosen device, tokenizer with a pad token, causal LM?)."""
     source = resolve_model_source(cfg.model)
+    check_model_source(source, cfg.trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     except OSError as error:
@@ -249,16 +249,6 @@ def evaluate_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, cfg: Ev
                 out[part] = run(model, tokenizer, cfg, progress)
                 out["timings"][f"{part}_s"] = round(time.perf_counter() - start, 3)
     return out
-
-
-def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
-    """Write JSON to a temporary file in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-        json.dump(data, f, indent=2)
-    os.replace(f.name, path)
-    return path
 
 
 def write_tensorboard(result: dict, out_dir: str | os.PathLike) -> None:

@@ -14,8 +14,8 @@ class InputNorms:
     """Accumulates n_j = sum_t X[t, j]^2 in fp32 for each named linear while a block runs.
 
     Padding tokens are excluded through `token_mask` [B, T], set before each batch. Linears that
-    share one input tensor (q/k/v, gate/up) reuse one reduction. With `stop_after_last`, the forward
-    pass is cut short by `StopForward` once the last linear's input has been seen.
+    share one input tensor (q/k/v, gate/up) reuse one reduction. With `stop_after` (a linear's name),
+    the forward pass is cut short by `StopForward` once that linear's input has been seen.
     """
 
     def __init__(self, linears: dict[str, nn.Module], stop_after: str | None = None) -> None:

@@ -81,7 +81,11 @@ def polarity_direction(x: np.ndarray, polarity: np.ndarray, C: float = 1.0) -> n
 
 @dataclass(frozen=True)
 class TTPDProbe:
-    """Training of Truth and Polarity Direction probe."""
+    """Training of Truth and Polarity Direction probe.
+
+    `t_g` [H] is the general truth direction used for classification; `t_p` [H] (the polarity-sensitive
+    truth direction, None without negated data) is kept for inspection only.
+    """
 
     t_g: np.ndarray
     t_p: np.ndarray | None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+
+from tplo.json_io import write_json_atomic
 
 
 @dataclass
@@ -50,12 +51,7 @@ class PruneReport:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically: a temporary file in the same folder, then a rename."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            json.dump(self.to_dict(), tmp, indent=2)
-        os.replace(tmp.name, path)
-        return path
+        return write_json_atomic(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruneReport:
