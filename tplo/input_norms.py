@@ -13,7 +13,7 @@ class StopForward(Exception):
 class InputNorms:
     """Accumulates n_j = sum_t X[t, j]^2 in fp32 for each named linear while a block runs.
 
-    Padding tokens are excluded through `token_mask` [B, T], set before each batch. Linears that
+    Padding tokens are excluded through the `token_mask` [B, T] given to `new_batch`. Linears that
     share one input tensor (q/k/v, gate/up) reuse one reduction. With `stop_after` (a linear's name),
     the forward pass is cut short by `StopForward` once that linear's input has been seen.
     """
@@ -21,7 +21,8 @@ class InputNorms:
     def __init__(self, linears: dict[str, nn.Module], stop_after: str | None = None) -> None:
         self.sq_norms: dict[str, torch.Tensor] = {}
         self.order: list[str] = []
-        self.token_mask: torch.Tensor | None = None
+        self._tokens = 0
+        self._kept_rows: torch.Tensor | None = None
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
         self._handles = [mod.register_forward_pre_hook(self._hook(name)) for name, mod in linears.items()]
         self._stop_after = stop_after
@@ -44,16 +45,22 @@ class InputNorms:
 
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.detach().reshape(-1, x.shape[-1])
-        mask = self.token_mask
-        if mask is not None and mask.numel() == rows.shape[0] and not bool(mask.all()):
-            rows = rows[mask.reshape(-1)]
+        if self._kept_rows is not None and rows.shape[0] == self._tokens:
+            rows = rows.index_select(0, self._kept_rows)
         rows = rows.float()
         return (rows * rows).sum(0)
 
     def new_batch(self, token_mask: torch.Tensor | None) -> None:
-        """Declare the padding mask [B, T] of the batch about to run."""
-        self.token_mask = token_mask
+        """Declare the padding mask [B, T] of the batch about to run.
+
+        The non-padding rows are found here once per batch, so the hooks never wait on the device.
+        """
         self._last = None
+        if token_mask is None or bool(token_mask.all()):
+            self._kept_rows = None
+            return
+        self._tokens = token_mask.numel()
+        self._kept_rows = token_mask.reshape(-1).nonzero().squeeze(1)
 
     def remove(self) -> None:
         for handle in self._handles:
