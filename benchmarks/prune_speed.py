@@ -19,6 +19,7 @@ import copy
 import json
 import resource
 import time
+from typing import Callable, TypeVar
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -27,6 +28,8 @@ from tplo import PruneConfig, PruneReport, prune
 from tplo.blocks import find_blocks
 from tplo.input_norms import StopForward
 from tplo.sequential import Recording, record_block_calls, run_block
+
+T = TypeVar("T")
 
 
 def main() -> None:
@@ -115,7 +118,7 @@ def block_forward_floor(model: LlamaForCausalLM, calibration: list[dict], statem
     cpu = torch.device("cpu")
     calib = record_block_calls(model, blocks, calibration, cpu)
     truth = record_block_calls(model, blocks, statements, cpu, calib.returns_tuple)
-    last = len(blocks) - 1
+    last, passes = len(blocks) - 1, 2 if sequential else 1
     total = 0.0
     for l, block in enumerate(blocks):
         hidden = calib.hidden
@@ -124,7 +127,6 @@ def block_forward_floor(model: LlamaForCausalLM, calibration: list[dict], statem
         cut, _ = _timed(lambda: _forward(block, hidden, calib, l))
         handle.remove()
         truth_s, truth.hidden = _timed(lambda: _forward(block, truth.hidden, truth, l))
-        passes = 2 if sequential else 1
         total += truth_s + (passes * full if l < last else 0.0) + cut * ((l == last) + (sequential and l > 0))
     return total
 
@@ -139,7 +141,7 @@ def _forward(block: torch.nn.Module, hidden: list[torch.Tensor], rec: Recording,
     return out
 
 
-def _timed(fn):
+def _timed(fn: Callable[[], T]) -> tuple[float, T]:
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result
