@@ -26,7 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tplo import PruneConfig, PruneReport, prune
 from tplo.blocks import find_blocks
-from tplo.input_norms import StopForward
+from tplo.input_stats import StopForward
 from tplo.sequential import Recording, record_block_calls, run_block
 
 T = TypeVar("T")

@@ -26,7 +26,7 @@ from tplo.export import REPORT_FILE, check_export_dir, export_pretrained
 from tplo.mask_checksum import (check_same_across_ranks, checksum_from_tensor, checksum_tensor, mask_checksum,
                                 pack_bits)
 from tplo.masks import apply_masks, collect_masks, load_masks, mask_gradients, masked_modules, model_sparsity
-from tplo.prune import prune
+from tplo.pruning import prune
 from tplo.pruning_report import PruneReport
 from tplo.model_source import resolve_model_path
 

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tplo.feature_cache import cache_path, cached_features, model_fingerprint, statements_fingerprint
+from tplo.eval.feature_cache import cache_path, cached_features, model_fingerprint, statements_fingerprint
 from tplo.features import extract_features
 from tiny_models import tiny_model, token_batches
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tplo.evaluate import main, select_layers
+from tplo.eval.evaluate import main, select_layers
 from tiny_tokenizers import char_tokenizer
 from tiny_models import tiny_model
 

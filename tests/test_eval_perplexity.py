@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tplo.perplexity import make_windows, perplexity, read_text, window_nll
+from tplo.eval.perplexity import make_windows, perplexity, read_text, window_nll
 from tiny_tokenizers import char_tokenizer
 from tiny_models import tiny_model
 

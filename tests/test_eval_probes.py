@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tplo.probes import centre_per_dataset, fit_lr, fit_ttpd, polarity_direction, truth_directions
+from tplo.eval.classifiers import centre_per_dataset, fit_lr, fit_ttpd, polarity_direction, truth_directions
 
 H = 16
 T_G, T_P, P = np.eye(H)[0], np.eye(H)[1], np.eye(H)[2]

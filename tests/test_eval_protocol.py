@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tplo.data.schema import dataset_name
-from tplo.lie_detection import headline, make_splits, run_protocol, summarise
-from tplo.probes import fit_lr, fit_ttpd
+from tplo.eval.lie_detection import headline, make_splits, run_protocol, summarise
+from tplo.eval.classifiers import fit_lr, fit_ttpd
 
 TOPICS = ["animals", "cities", "facts"]
 

@@ -6,9 +6,9 @@ import pytest
 from matplotlib.image import imread
 
 from tplo.config import PruneConfig
-from tplo.evaluate import main as evaluate
-from tplo.prune import prune
-from tplo.report import Run, load_run, main, markdown_table, table_rows, unique_names
+from tplo.eval.evaluate import main as evaluate
+from tplo.pruning import prune
+from tplo.eval.compare import Run, load_run, main, markdown_table, table_rows, unique_names
 from test_eval_cli import write_statements
 from tiny_tokenizers import char_tokenizer
 from tiny_models import tiny_model, token_batches

@@ -16,12 +16,12 @@ from tplo.callbacks import TPLOCallback
 from tplo.mask_checksum import mask_checksum
 from tplo.masks import masked_modules
 
-core = importlib.import_module("tplo.prune")  # the module; `tplo.prune` is also the function
+core = importlib.import_module("tplo.pruning")
 BLOCK_2_FIRST_LINEAR = 2 * 7  # a Llama block has 7 linears; row_mask is called once per linear in pass 2
 
 
 def fail_on_call(monkeypatch, name: str, call: int, error: BaseException):
-    """Make `tplo.prune.<name>` raise `error` on its `call`-th call (0-based)."""
+    """Make `tplo.pruning.<name>` raise `error` on its `call`-th call (0-based)."""
     original, calls = getattr(core, name), []
 
     def wrapper(*args, **kwargs):

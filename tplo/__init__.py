@@ -3,7 +3,7 @@
 from tplo.config import PruneConfig
 from tplo.export import export_pretrained
 from tplo.masks import apply_masks, collect_masks, load_masks, mask_gradients, model_sparsity
-from tplo.prune import prune
+from tplo.pruning import prune
 from tplo.pruning_report import LayerReport, PruneReport
 
 __all__ = [

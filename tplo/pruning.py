@@ -17,7 +17,7 @@ from tplo.allocation import allocate
 from tplo.blocks import find_blocks, prunable_linears, weight_rows
 from tplo.config import PruneConfig
 from tplo.features import pool, resolve_pooling
-from tplo.input_norms import InputNorms, StopForward
+from tplo.input_stats import InputNorms, StopForward
 from tplo.masks import nm_mask, row_mask, set_mask
 from tplo.pruning_report import LayerReport, PruneReport
 from tplo.scores import fisher_ratio, magnitude_score, outlier_ratio, truth_separation, wanda_score

@@ -28,7 +28,7 @@ import torch
 from joblib import Parallel, delayed
 
 from tplo.data.schema import dataset_name
-from tplo.probes import fit_lr, fit_ttpd
+from tplo.eval.classifiers import fit_lr, fit_ttpd
 
 PROBES = ("lr", "ttpd")
 

@@ -53,11 +53,11 @@ from tplo.data.collate import ensure_pad_token, statement_batches, tokenize_stat
 from tplo.data.schema import dataset_names
 from tplo.data.statements import load_statements
 from tplo.data.truthfulqa import load_truthfulqa
-from tplo.feature_cache import cache_path, cached_features, default_cache_dir, model_fingerprint, statements_fingerprint
+from tplo.eval.feature_cache import cache_path, cached_features, default_cache_dir, model_fingerprint, statements_fingerprint
 from tplo.features import extract_features, resolve_pooling
 from tplo.json_io import write_json_atomic
-from tplo.lie_detection import PROBES, headline, run_protocol, summarise
-from tplo.perplexity import perplexity, read_text
+from tplo.eval.lie_detection import PROBES, headline, run_protocol, summarise
+from tplo.eval.perplexity import perplexity, read_text
 from tplo.model_source import check_model_source, resolve_model_path
 from tplo.truthfulqa_mc import MCItem, truthfulqa_mc
 
