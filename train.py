@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import fields
+from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -20,7 +21,7 @@ from tplo.callbacks import TPLOCallback
 from tplo.config import PruneConfig
 from tplo.data import StatementDataModule
 from tplo.export import check_export_dir
-from tplo.model_source import check_model_source, resolve_model_path
+from tplo.model_source import check_model_source
 from tplo.truth_probe import TruthProbe
 
 
@@ -29,13 +30,21 @@ class TPLOCLI(LightningCLI):
     before anything is built (loading a 7B-13B model takes minutes)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.model_name_or_path", "data.tokenizer", compute_fn=resolve_model_path)
+        parser.link_arguments("model.model_name_or_path", "data.tokenizer")
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+
+    def fit(self, model: TruthProbe, datamodule: StatementDataModule | None = None, ckpt_path: str | None = None,
+            **kwargs: Any) -> None:
+        """`trainer.fit`, with a resumed checkpoint announced through `trainer.ckpt_path`, so that `TPLOCallback`
+        knows in `setup` that the masks come from the checkpoint and does not prune again."""
+        if ckpt_path is not None:
+            self.trainer.ckpt_path = ckpt_path
+        self.trainer.fit(model, datamodule=datamodule, **kwargs)
 
     def before_instantiate_classes(self) -> None:
         """Check the model source and every TPLOCallback's pruning settings and export folder."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        check_model_source(resolve_model_path(config.model.model_name_or_path), config.model.trust_remote_code)
+        check_model_source(config.model.model_name_or_path, config.model.trust_remote_code)
         callbacks = config.trainer.callbacks or []
         for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
             if isinstance(callback, Namespace) and _is_tplo_callback(callback.class_path):

@@ -117,7 +117,7 @@ def block_forward_floor(model: LlamaForCausalLM, calibration: list[dict], statem
     _, blocks = find_blocks(model)
     cpu = torch.device("cpu")
     calib = record_block_calls(model, blocks, calibration, cpu)
-    truth = record_block_calls(model, blocks, statements, cpu, calib.returns_tuple)
+    truth = record_block_calls(model, blocks, statements, cpu, calib.output)
     last, passes = len(blocks) - 1, 2 if sequential else 1
     total = 0.0
     for l, block in enumerate(blocks):

@@ -1,34 +1,36 @@
-"""`TPLOCallback`: prune a LightningModule's Hugging Face model once at fit start, keep it sparse while
-training, log the allocation, and export the pruned model at fit end (atomically, from rank 0 only)."""
+"""`TPLOCallback`: prune a LightningModule's Hugging Face model once, before the strategy moves it to the device,
+keep it sparse while training, log the allocation, and export the pruned model at fit end (atomically, from
+rank 0 only)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from matplotlib.figure import Figure
 from rich.console import Console
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from torch.nn.parallel import DistributedDataParallel
+from transformers import PreTrainedTokenizerBase
 
 from tplo.blocks import find_blocks
+from tplo.callbacks.rank_sync import broadcast_pruning, same_masks_on_every_rank
 from tplo.config import Method, PruneConfig, Scorer, Structure
 from tplo.data.calibration import CalibrationSource, build_calibration, calibration_batches
 from tplo.export import REPORT_FILE, check_export_dir, export_pretrained
-from tplo.mask_checksum import (check_same_across_ranks, checksum_from_tensor, checksum_tensor, mask_checksum,
-                                pack_bits)
-from tplo.masks import apply_masks, collect_masks, load_masks, mask_gradients, masked_modules, model_sparsity
+from tplo.loading import load_tokenizer
+from tplo.mask_checksum import (PackedMask, moments_differ, pack_masks, packed_checksum, unpack_masks,
+                                weight_moments)
+from tplo.masks import (MASK, apply_masks, collect_masks, drop_masks, load_masks, mask_gradients, masked_modules,
+                        model_sparsity)
 from tplo.pruning import prune
 from tplo.pruning_report import PruneReport
-from tplo.model_source import resolve_model_path
 
 
 @dataclass
@@ -64,16 +66,29 @@ class TPLOCallback(Callback):
         tokenizer (for `calibration` and the export): the callback's `tokenizer`, else a `tokenizer`
             attribute of the LightningModule, else of the datamodule.
 
-    Settings, backbone, blocks, pivot and export folder are checked in `__init__` and `setup`, before any
-    calibration runs. On resume (`ckpt_path`), masks and report come from the checkpoint and nothing is
-    pruned again. Under DDP every rank prunes the same model on the same calibration data and the ranks
-    compare a SHA-256 of their masks (32 bytes each, not the masks), stopping if they differ; only rank 0
-    writes files. Strategies that shard parameters (FSDP, DeepSpeed, ModelParallel) are refused in `setup`.
+    When: pruning runs in `setup`, before the strategy moves the model to the device, so with `offload` only the
+    block being pruned is on the device. Settings, backbone, blocks, pivot and export folder are checked first.
+
+    Masks: with a backbone that trains (any masked weight requires grad) they stay on the model as bool buffers,
+    and `keep_masks` re-applies them around every optimizer step. With a frozen backbone the pruned weights are
+    zero and stay zero, so the buffers are dropped and the masks kept bit-packed on the CPU (1 bit per weight).
+
+    Checkpoints hold the report, the packed masks and their checksum; for a frozen backbone also the moments of
+    the pruned weights and, with SparseGPT, the reconstructed weights (a module that leaves its frozen backbone
+    out of checkpoints, like `tplo.TruthProbe`, does not save them). Resuming applies them to the backbone
+    as loaded and checks that masks and weights are exactly the checkpoint's. To skip pruning on resume, the
+    callback must know in `setup` that a checkpoint is coming: `train.py` tells it; in your own code set
+    `trainer.ckpt_path = path` before `trainer.fit(...)` (with `fit(ckpt_path=...)` pruning runs once more
+    first, and the checkpoint's masks then replace its result).
+
+    Under DDP rank 0 prunes and broadcasts the report and packed masks (and reconstructed weights); all ranks
+    then compare a SHA-256 of their masks and stop if they differ. Only rank 0 writes files. Strategies that
+    shard parameters (FSDP, DeepSpeed, ModelParallel) are refused in `setup`.
 
     Args:
         sparsity: target fraction of pruned weights over all block linears.
         method: per-block allocation: uniform, owl, swl, tplo or tplo_blend.
-        scorer: weight importance: magnitude or wanda.
+        scorer: weight importance: magnitude, wanda or sparsegpt (which also reconstructs the kept weights).
         structure: mask pattern: unstructured, 2:4 or 4:8 (N:M needs sparsity 1 - N/M).
         owl_m: OWL outlier threshold M (multiple of the block's mean score).
         owl_lambda: OWL lambda: densities spread over (1 - sparsity) +- lambda.
@@ -82,13 +97,15 @@ class TPLOCallback(Callback):
         s_min: lowest per-block sparsity.
         s_max: highest per-block sparsity.
         sequential: prune block by block on the outputs of the already pruned blocks.
-        offload: keep blocks on CPU and move one at a time to the trainer's device.
+        blocksize: SparseGPT columns per lazy-update block.
+        percdamp: SparseGPT dampening, as a fraction of the mean Hessian diagonal.
+        offload: keep blocks on CPU and move one at a time to the trainer's device while pruning.
         blocks: attribute path of the backbone's ModuleList of blocks (e.g. model.layers); None finds it.
         pooling: statement feature for the truth separation: auto, last or mean.
         calibration: calibration text to build here; None takes the datamodule's calibration_batches().
-        tokenizer: Hugging Face id or folder of the tokenizer, when neither the LightningModule nor the
-            datamodule has a `tokenizer` attribute.
-        keep_masks: keep masked weights exactly zero during training (gradients masked before and
+        tokenizer: model source (Hugging Face id, folder, .gguf or bundled name) whose tokenizer to use, when
+            neither the LightningModule nor the datamodule has a `tokenizer` attribute.
+        keep_masks: keep masked weights exactly zero while the backbone trains (gradients masked before and
             weights re-zeroed after every optimizer step).
         export_dir: where the pruned model is saved at fit end; None means `<log_dir>/pruned_model`. The
             export is written to a temporary folder next to it and renamed when complete.
@@ -109,6 +126,8 @@ class TPLOCallback(Callback):
         s_min: float = 0.0,
         s_max: float = 0.99,
         sequential: bool = True,
+        blocksize: int = 128,
+        percdamp: float = 0.01,
         offload: bool = False,
         blocks: str | None = None,
         pooling: Literal["auto", "last", "mean"] = "auto",
@@ -120,7 +139,8 @@ class TPLOCallback(Callback):
     ) -> None:
         self.config = PruneConfig(sparsity=sparsity, method=method, scorer=scorer, structure=structure, owl_m=owl_m,
                                   owl_lambda=owl_lambda, beta=beta, pivot=pivot, s_min=s_min, s_max=s_max,
-                                  sequential=sequential, offload=offload, blocks=blocks, pooling=pooling)
+                                  sequential=sequential, blocksize=blocksize, percdamp=percdamp, offload=offload,
+                                  blocks=blocks, pooling=pooling)
         self.calibration = calibration
         self.tokenizer = tokenizer
         self.keep_masks = keep_masks
@@ -131,48 +151,52 @@ class TPLOCallback(Callback):
         self.report: PruneReport | None = None
         self.mask_checksum: str | None = None
         self.exported: Path | None = None
-        self._log_dir: Path | None = None
+        self.pruned_here = False
+        """Whether this process ran the pruning (under DDP only rank 0 does)."""
         self._backbone: nn.Module | None = None
-        self._restored_masks: dict[str, torch.Tensor] | None = None
+        self._packed: dict[str, PackedMask] = {}
+        self._moments: dict[str, list[float]] = {}
+        self._trainable = False
+        self._restored: dict[str, Any] | None = None
+        self._log_dir: Path | None = None
         self._hooks: list[Any] = []
 
     # ------------------------------------------------------------------ hooks
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Check what can be checked before any calibration: strategy, backbone, blocks, pivot, export folder."""
-        if stage != "fit":
-            return
+        """Check strategy, backbone, blocks, pivot and export folder, then prune (unless a checkpoint will
+        provide the masks), before the strategy moves the model to the device."""
         check_strategy(trainer.strategy)
         _, blocks = find_blocks(get_backbone(pl_module), self.config.blocks)
         self.config.check_blocks(len(blocks))
+        if stage != "fit":
+            return
         self._log_dir = Path(trainer.log_dir)  # a collective under DDP: every rank must ask
         check_export_dir(self._export_path(), self.overwrite)
+        if self.report is None and trainer.ckpt_path is None:
+            self._prune(trainer, pl_module)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Prune (or restore the checkpoint's masks), check them across ranks, log the allocation, and arm
-        the mask hooks."""
-        backbone = self._backbone = get_backbone(pl_module)
-        if self._restored_masks is not None:
-            load_masks(backbone, self._restored_masks)
-            self._restored_masks = None
-            rank_zero_info(f"TPLOCallback: restored masks from the checkpoint (sparsity {model_sparsity(backbone):.4f}); "
-                           "not pruning again.")
-        elif self.report is None:
-            self.report = prune(backbone, self._calibration_batches(trainer, pl_module),
-                                self._statements(trainer), self.config, device=trainer.strategy.root_device,
-                                progress=trainer.is_global_zero)
-        self.mask_checksum = same_masks_on_every_rank(trainer, backbone)
-        if trainer.is_global_zero:
-            self.report.save(self._log_dir / REPORT_FILE)
-            Console().print(self.report.rich_table())
-        self._log(trainer)
-        if self.keep_masks:
-            masked = list(masked_modules(backbone).values())
+        """Apply a checkpoint's masks if one was loaded, and arm the mask hooks of a training backbone."""
+        self._apply_restored(trainer, pl_module)
+        if self.report is None:
+            raise RuntimeError("TPLOCallback: nothing was pruned in setup and no checkpoint provided masks.")
+        if self.keep_masks and self._trainable:
+            masked = list(masked_modules(get_backbone(pl_module)).values())
             self._hooks = [opt.register_step_post_hook(lambda opt, *_: _rezero(opt, masked)) for opt in trainer.optimizers]
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._apply_restored(trainer, pl_module)
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._apply_restored(trainer, pl_module)
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._apply_restored(trainer, pl_module)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        if self.keep_masks:
+        if self.keep_masks and self._trainable:
             mask_gradients(get_backbone(pl_module))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -180,7 +204,8 @@ class TPLOCallback(Callback):
         self._remove_hooks()
         backbone = get_backbone(pl_module)
         for logger in trainer.loggers:
-            logger.log_metrics({"prune/global_sparsity": model_sparsity(backbone)}, step=trainer.global_step)
+            logger.log_metrics({"prune/global_sparsity": model_sparsity(backbone, list(self._packed))},
+                               step=trainer.global_step)
         if not trainer.is_global_zero:
             return
         tokenizer = self._tokenizer(trainer, pl_module)
@@ -195,22 +220,88 @@ class TPLOCallback(Callback):
         self._remove_hooks()
 
     def state_dict(self) -> dict[str, Any]:
-        """The report and the masks (bit-packed) of the pruned backbone."""
-        if self.report is None or self._backbone is None:
-            return {}
-        masks = collect_masks(self._backbone)
-        return {"report": self.report.to_dict(),
-                "masks": {name: {"shape": list(mask.shape), "bits": pack_bits(mask).cpu()}
-                          for name, mask in masks.items()}}
+        """What rebuilds the pruned backbone from the model as loaded: report, packed masks, checksum, weight
+        moments, and the reconstructed weights when pruning changed them and the backbone is frozen."""
+        if self.report is None or self._restored is not None:
+            return self._restored or {}
+        state = {"report": self.report.to_dict(), "masks": self._packed, "checksum": self.mask_checksum,
+                 "moments": self._moments}
+        if self.config.scorer == "sparsegpt" and not self._trainable:
+            backbone = self._backbone
+            state["weights"] = {name: backbone.get_submodule(name).weight.detach().cpu() for name in self._packed}
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Keep the checkpoint's report and masks; `on_fit_start` applies them instead of pruning."""
+        """Keep the checkpoint's state; the next stage start applies it to the backbone instead of pruning."""
         if not state_dict:
             return
+        if self.pruned_here:
+            rank_zero_warn("TPLOCallback: pruning ran before the checkpoint was restored, whose masks now replace its "
+                           "result; set trainer.ckpt_path before fit (train.py does) to skip it.")
         self.report = PruneReport.from_dict(state_dict["report"])
-        self._restored_masks = {name: _unpack(m["bits"], m["shape"]) for name, m in state_dict["masks"].items()}
+        self._restored = state_dict
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The keep-masks (bool, weight layout, on the CPU) of the pruned backbone, by module name."""
+        return unpack_masks(self._packed)
 
     # ------------------------------------------------------------------ helpers
+
+    def _prune(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Prune on rank 0 (on the strategy's root device), share the result, keep the masks, log."""
+        backbone = get_backbone(pl_module)
+        report = None
+        if trainer.is_global_zero:
+            report = prune(backbone, self._calibration_batches(trainer, pl_module), self._statements(trainer),
+                           self.config, device=trainer.strategy.root_device, progress=True)
+            self.pruned_here = True
+        if trainer.world_size > 1:
+            report = broadcast_pruning(trainer, backbone, report, with_weights=self.config.scorer == "sparsegpt")
+        self.report = report
+        self._keep(trainer, backbone, collect_masks(backbone))
+        if trainer.is_global_zero:
+            self.report.save(self._log_dir / REPORT_FILE)
+            Console().print(self.report.rich_table())
+        self._log(trainer)
+
+    def _keep(self, trainer: Trainer, backbone: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+        """Pack the masks and check them across ranks; for a frozen backbone note the weights' moments (what a
+        resume must rebuild) and drop the buffers."""
+        self._backbone = backbone
+        self._packed = pack_masks(masks)
+        self._trainable = any(backbone.get_submodule(name).weight.requires_grad for name in masks)
+        self.mask_checksum = same_masks_on_every_rank(trainer, self._packed)
+        self._moments = {} if self._trainable else weight_moments(backbone, sorted(masks))
+        if not self._trainable:
+            drop_masks(backbone)
+        elif trainer.world_size > 1:  # every rank holds the same masks (checked above): DDP need not sync them
+            prefix = next(name for name, module in trainer.lightning_module.named_modules() if module is backbone)
+            ignored = getattr(trainer.lightning_module, "_ddp_params_and_buffers_to_ignore", [])
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                trainer.lightning_module, [*ignored, *(f"{prefix}.{name}.{MASK}".lstrip(".") for name in masks)])
+
+    def _apply_restored(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Rebuild the pruned backbone from a loaded checkpoint: weights (if saved), masks, then checks."""
+        if self._restored is None:
+            return
+        state, self._restored = self._restored, None
+        backbone = get_backbone(pl_module)
+        if "weights" in state:
+            with torch.no_grad():
+                for name, weight in state["weights"].items():
+                    backbone.get_submodule(name).weight.copy_(weight)
+        load_masks(backbone, unpack_masks(state["masks"]))
+        if packed_checksum(state["masks"]) != state["checksum"]:
+            raise RuntimeError("TPLOCallback: the checkpoint's masks do not match their checksum; the file is damaged.")
+        differ = moments_differ(state["moments"], weight_moments(backbone, sorted(state["masks"])))
+        if differ:
+            raise RuntimeError(
+                f"TPLOCallback: after applying the checkpoint's masks, the weights of {len(differ)} module(s) (first: "
+                f"{differ[0]}) differ from the pruned backbone the checkpoint was saved with. The model loaded now is "
+                "not the one pruned then: load the same model_name_or_path and dtype as that run.")
+        self._keep(trainer, backbone, collect_masks(backbone))
+        rank_zero_info(f"TPLOCallback: restored masks and weights from the checkpoint (sparsity "
+                       f"{model_sparsity(backbone, list(self._packed)):.4f}); not pruning again.")
 
     def _export_path(self) -> Path:
         return Path(self.export_dir) if self.export_dir else self._log_dir / "pruned_model"
@@ -241,7 +332,7 @@ class TPLOCallback(Callback):
 
     def _tokenizer(self, trainer: Trainer, pl_module: LightningModule) -> PreTrainedTokenizerBase | None:
         if self.tokenizer is not None:
-            return AutoTokenizer.from_pretrained(resolve_model_path(self.tokenizer))
+            return load_tokenizer(self.tokenizer)
         for owner in (pl_module, trainer.datamodule):
             tokenizer = getattr(owner, "tokenizer", None)
             if isinstance(tokenizer, PreTrainedTokenizerBase):
@@ -289,17 +380,6 @@ def check_strategy(strategy: Strategy) -> None:
                          "model per GPU) or a single device.")
 
 
-def same_masks_on_every_rank(trainer: Trainer, backbone: nn.Module) -> str:
-    """The SHA-256 of the backbone's masks, gathered from every rank; raises if any rank differs."""
-    checksum = mask_checksum(collect_masks(backbone))
-    if trainer.world_size > 1:
-        gathered = trainer.strategy.all_gather(checksum_tensor(checksum).to(trainer.strategy.root_device))
-        check_same_across_ranks([checksum_from_tensor(row) for row in gathered.reshape(trainer.world_size, -1)])
-    rank_zero_info(f"TPLOCallback: mask checksum sha256:{checksum[:16]}, identical on all {trainer.world_size} "
-                   "process(es).")
-    return checksum
-
-
 def allocation_figure(report: PruneReport) -> Figure:
     """Bar chart of the per-block sparsity, with the outlier ratio and truth separation below it."""
     index = [layer.index for layer in report.layers]
@@ -327,8 +407,3 @@ def _rezero(optimizer: torch.optim.Optimizer, masked: list[nn.Module]) -> None:
     for module in masked:
         if id(module.weight) in held:
             apply_masks(module)
-
-
-def _unpack(bits: torch.Tensor, shape: list[int]) -> torch.Tensor:
-    count = math.prod(shape)
-    return torch.from_numpy(np.unpackbits(bits.numpy(), count=count).astype(bool)).reshape(shape)

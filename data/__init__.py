@@ -2,7 +2,8 @@
 calibration text, and the `StatementDataModule` that serves them."""
 
 from tplo.data.calibration import CalibrationSource, build_calibration, calibration_batches
-from tplo.data.collate import collate_statements, ensure_pad_token, tokenize_statements
+from tplo.data.collate import collate_statements, tokenize_statements
+from tplo.loading import ensure_pad_token
 from tplo.data.datamodule import StatementDataModule
 from tplo.data.schema import StatementDataError, dataset_name
 from tplo.data.statements import generate_statements, load_statements

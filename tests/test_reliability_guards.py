@@ -13,7 +13,7 @@ from torch import nn
 
 import tplo.callbacks.tplo_callback as tplo_callback
 import tplo.data.datamodule as datamodule
-import tplo.truth_probe as truth_probe
+import tplo.loading as loading
 from test_core_prune import statement_batches
 from test_data_datamodule import MINILM
 from test_lightning_callback import UserData, UserModel, trainer
@@ -45,13 +45,13 @@ class NeverLoad:
 @pytest.fixture
 def no_loading(monkeypatch):
     """Fail the test if the model or the statements start loading."""
-    monkeypatch.setattr(truth_probe, "AutoConfig", NeverLoad)
+    monkeypatch.setattr(loading, "AutoConfig", NeverLoad)
     monkeypatch.setattr(datamodule, "load_all_statements", lambda *a, **k: pytest.fail("statements were loaded"))
 
 
 def quickstart_config(tmp_path, **replace: str) -> str:
-    """configs/quickstart.yaml with some lines replaced, written to tmp_path."""
-    text = (ROOT / "configs" / "quickstart.yaml").read_text()
+    """configs/quickstart_minilm.yaml with some lines replaced, written to tmp_path."""
+    text = (ROOT / "configs" / "quickstart_minilm.yaml").read_text()
     for old, new in replace.items():
         assert old in text
         text = text.replace(old, new)
@@ -68,7 +68,7 @@ def quickstart_config(tmp_path, **replace: str) -> str:
     (dict(structure="2:4", sparsity=0.6), "sparsity must be 0.5, got 0.6. Set sparsity: 0.5 or use structure: unstructured"),
     (dict(structure="4:8", sparsity=0.75), "sparsity must be 0.5, got 0.75"),
     (dict(method="magic"), "unknown method 'magic'; choose one of uniform, owl, swl, tplo, tplo_blend"),
-    (dict(scorer="sparsegpt"), "unknown scorer 'sparsegpt'; choose one of magnitude, wanda"),
+    (dict(scorer="obs"), "unknown scorer 'obs'; choose one of magnitude, wanda, sparsegpt"),
 ])
 def test_callback_refuses_bad_settings_when_constructed(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -159,7 +159,7 @@ def test_a_topic_too_small_for_the_split_is_refused_by_the_datamodule(tmp_path):
 # ------------------------------------------------------------------ model source
 
 def test_missing_model_folder_is_refused_before_loading(tmp_path, no_loading):
-    with pytest.raises(FileNotFoundError, match="'/no/such/model': no such folder. Give a folder written by "
+    with pytest.raises(FileNotFoundError, match="'/no/such/model': no such folder or file. Give a folder written by "
                                                 "save_pretrained"):
         TruthProbe("/no/such/model")
     (tmp_path / "empty").mkdir()

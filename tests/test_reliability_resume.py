@@ -113,8 +113,9 @@ def test_sparse_finetuning_resumed_from_a_checkpoint_keeps_its_zero_pattern(tmp_
 
     monkeypatch.setattr(tplo_callback, "prune", lambda *a, **k: pytest.fail("pruned again on resume"))
     resumed, watch2 = UserModel(tiny_model("llama", seed=1)), ZeroPatternWatch(watch.expected)
-    trainer(tmp_path, [TPLOCallback(sparsity=0.5, method="owl"), watch2], max_steps=6).fit(
-        resumed, datamodule=UserData(), ckpt_path=tmp_path / "ckpt" / "epoch=0-step=3.ckpt")
+    second = trainer(tmp_path, [TPLOCallback(sparsity=0.5, method="owl"), watch2], max_steps=6)
+    second.ckpt_path = tmp_path / "ckpt" / "epoch=0-step=3.ckpt"
+    second.fit(resumed, datamodule=UserData())
     assert watch2.steps == [4, 5, 6]
     state = resumed.backbone.state_dict()
     assert any(not torch.equal(state[k], at_checkpoint[k]) for k in state), "the resumed run did not train"

@@ -67,9 +67,30 @@ def stores_transposed(module: nn.Module) -> bool:
     return isinstance(module, Conv1D)
 
 
+def stored_weight(module: nn.Module) -> torch.Tensor:
+    """The tensor that holds a linear's weight: its parameter, or, where accelerate offloads the module (the
+    parameter is on the meta device and loaded for each forward), the tensor in its hook's weights map, so
+    that pruning reads and writes the weights the forward passes will use."""
+    weight = module.weight
+    if weight.device.type != "meta":
+        return weight
+    weights_map = getattr(getattr(module, "_hf_hook", None), "weights_map", None)
+    if weights_map is None:
+        raise UnsupportedModelError(f"the weight of {type(module).__name__} is on the meta device and no accelerate "
+                                    "hook holds it; load the model with real weights (no init_empty_weights).")
+    stored = weights_map["weight"]
+    if stored is not weights_map["weight"]:
+        raise UnsupportedModelError(
+            "this model's weights are offloaded to disk by accelerate, where pruning cannot change them in place; "
+            "offload to CPU memory instead (device_map without 'disk', or a max_memory that fits the CPU), or use "
+            "tplo's own offload: true with the model on the CPU.")
+    return stored
+
+
 def weight_rows(module: nn.Module) -> torch.Tensor:
-    """The weight as a [d_out, d_in] view sharing storage."""
-    return module.weight.t() if stores_transposed(module) else module.weight
+    """The stored weight as a [d_out, d_in] view sharing storage."""
+    weight = stored_weight(module)
+    return weight.t() if stores_transposed(module) else weight
 
 
 def is_encoder_config(config: object) -> bool:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 Method = Literal["uniform", "owl", "swl", "tplo", "tplo_blend"]
-Scorer = Literal["magnitude", "wanda"]
+Scorer = Literal["magnitude", "wanda", "sparsegpt"]
 Structure = Literal["unstructured", "2:4", "4:8"]
 TRUTH_METHODS = ("swl", "tplo", "tplo_blend")
 
@@ -20,7 +20,8 @@ class PruneConfig:
     method: Method = "tplo"
     """Per-block allocation: uniform, owl (outliers), swl (truth only), tplo (pivot splice) or tplo_blend."""
     scorer: Scorer = "wanda"
-    """Weight importance: magnitude |W| or wanda |W| * ||X_j||."""
+    """Weight importance: magnitude |W|, wanda |W| * ||X_j||, or sparsegpt (OBS saliency, and the kept weights are
+    updated to reconstruct each linear's output on the calibration data)."""
     structure: Structure = "unstructured"
     """Mask pattern per output row: unstructured, or N:M (2:4, 4:8; sparsity must be 1 - N/M)."""
     owl_m: float = 5.0
@@ -37,6 +38,10 @@ class PruneConfig:
     """Highest per-block sparsity after clipping."""
     sequential: bool = True
     """Second pass that prunes block by block on inputs from the already pruned blocks (as the reference)."""
+    blocksize: int = 128
+    """SparseGPT: columns per lazy-update block (the mask is chosen per block of columns)."""
+    percdamp: float = 0.01
+    """SparseGPT: dampening added to the Hessian diagonal, as a fraction of its mean (raised x10 on failure)."""
     offload: bool = False
     """Keep blocks on CPU and move one at a time to the compute device (models larger than the device)."""
     blocks: str | None = None
@@ -71,6 +76,15 @@ class PruneConfig:
                 f"owl_m must be > 0 and owl_lambda, beta >= 0; got owl_m={self.owl_m}, "
                 f"owl_lambda={self.owl_lambda}, beta={self.beta}."
             )
+        if self.scorer == "sparsegpt" and not self.sequential:
+            raise ValueError("scorer sparsegpt reconstructs each block on the outputs of the already pruned ones; "
+                             "set sequential: true (or use scorer wanda with sequential: false).")
+        if self.blocksize < 1 or self.percdamp <= 0:
+            raise ValueError(f"blocksize must be >= 1 and percdamp > 0, got blocksize={self.blocksize}, "
+                             f"percdamp={self.percdamp}.")
+        if self.nm is not None and self.scorer == "sparsegpt" and self.blocksize % self.nm[1]:
+            raise ValueError(f"structure {self.structure} with sparsegpt needs blocksize divisible by {self.nm[1]}, "
+                             f"got {self.blocksize}.")
         if self.pooling not in ("auto", "last", "mean"):
             raise ValueError(f"pooling must be auto, last or mean, got {self.pooling!r}.")
 

@@ -46,11 +46,13 @@ def extract_features(
     """Pooled hidden states of every layer for all statements, [N, L + 1, H] fp32 on CPU.
 
     Layer 0 is the input of the first block (the embedding output), layer l the output of block l-1;
-    all layers come from one forward pass per batch. Batches hold `input_ids` and `attention_mask`.
+    all layers come from one forward pass per batch of the base model (a causal LM's head, which computes
+    vocabulary-sized logits, is skipped). Batches hold `input_ids` and `attention_mask`.
     """
     _, block_list = find_blocks(model, blocks)
     mode = resolve_pooling(model, pooling)
     device = next(model.parameters()).device
+    runner = getattr(model, "base_model", model)
     states: list[torch.Tensor] = []
 
     def grab_input(_module, args, kwargs):
@@ -66,8 +68,8 @@ def extract_features(
         for batch in batches:
             states.clear()
             mask = batch.get("attention_mask")
-            model(input_ids=batch["input_ids"].to(device), attention_mask=None if mask is None else mask.to(device),
-                  use_cache=False)
+            runner(input_ids=batch["input_ids"].to(device), attention_mask=None if mask is None else mask.to(device),
+                   use_cache=False)
             features.append(torch.stack([pool(h, mask, mode) for h in states], 1).cpu())
     finally:
         for h in handles:

@@ -5,39 +5,46 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tplo.blocks import stores_transposed
+from tplo.blocks import stored_weight, stores_transposed
 
 MASK = "weight_mask"
 
 
 def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Keep-mask [d_out, d_in] that zeroes the floor(d_in * sparsity) lowest scores of every row."""
+    """Keep-mask [d_out, d_in] that zeroes the floor(d_in * sparsity) lowest scores of every row.
+
+    Among equal scores the lowest input index is pruned first (a stable sort, as the reference code does).
+    """
     n_prune = int(scores.shape[1] * sparsity)
     mask = torch.ones_like(scores, dtype=torch.bool)
     if n_prune > 0:
-        lowest = torch.topk(scores, n_prune, dim=1, largest=False, sorted=False).indices
+        lowest = torch.sort(scores, dim=1, stable=True).indices[:, :n_prune]
         mask.scatter_(1, lowest, False)
     return mask
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Keep-mask [d_out, d_in] keeping the n highest scores in every group of m consecutive inputs."""
+    """Keep-mask [d_out, d_in] keeping the n highest scores in every group of m consecutive inputs.
+
+    Among equal scores in a group the lowest input index is pruned first.
+    """
     d_out, d_in = scores.shape
     if d_in % m:
         raise ValueError(f"{n}:{m} sparsity needs d_in divisible by {m}, got d_in={d_in}.")
     groups = scores.reshape(d_out, d_in // m, m)
-    keep = torch.topk(groups, n, dim=2).indices
-    return torch.zeros_like(groups, dtype=torch.bool).scatter_(2, keep, True).reshape(d_out, d_in)
+    lowest = torch.sort(groups, dim=2, stable=True).indices[..., : m - n]
+    return torch.ones_like(groups, dtype=torch.bool).scatter_(2, lowest, False).reshape(d_out, d_in)
 
 
 def set_mask(module: nn.Module, keep_rows: torch.Tensor) -> None:
     """Store keep-mask [d_out, d_in] as the module's bool buffer (in the weight's own layout) and zero
     the masked weights in place."""
-    mask = keep_rows.to(module.weight.device)
+    weight = stored_weight(module)
+    mask = keep_rows.to(weight.device)
     mask = (mask.t() if stores_transposed(module) else mask).contiguous()
     module.register_buffer(MASK, mask, persistent=False)
     with torch.no_grad():
-        module.weight.masked_fill_(~mask, 0)
+        weight.masked_fill_(~mask, 0)
 
 
 def masked_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -74,13 +81,19 @@ def load_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         mod = modules[name]
         if mask.shape != mod.weight.shape:
             raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight has {tuple(mod.weight.shape)}.")
-        mask = mask.to(mod.weight.device, torch.bool)
+        mask = mask.to(torch.bool)
         set_mask(mod, mask.t() if stores_transposed(mod) else mask)
 
 
-def model_sparsity(model: nn.Module) -> float:
-    """Fraction of zeros over all masked weights (0.0 when nothing is masked)."""
-    mods = masked_modules(model).values()
+def drop_masks(model: nn.Module) -> None:
+    """Remove the mask buffers (the zeroed weights stay): for a backbone whose weights no longer change."""
+    for module in masked_modules(model).values():
+        delattr(module, MASK)
+
+
+def model_sparsity(model: nn.Module, names: list[str] | None = None) -> float:
+    """Fraction of zeros over the weights of the named modules (default: every masked module; 0.0 for none)."""
+    mods = list(masked_modules(model).values()) if names is None else [model.get_submodule(n) for n in names]
     total = sum(m.weight.numel() for m in mods)
-    zeros = sum(int((m.weight == 0).sum()) for m in mods)
+    zeros = sum(int((stored_weight(m) == 0).sum()) for m in mods)
     return zeros / total if total else 0.0

