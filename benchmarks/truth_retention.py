@@ -26,7 +26,8 @@ Every run starts from the same dense weights. Lie detection per feature layer (0
     topic pair out, `--repeats` repetitions) on all evaluation topics; `cross_topic_acc` is LR at its best layer.
 `recovery` = (acc - acc_uniform) / (acc_dense - acc_uniform), with uniform of the same scorer and sparsity.
 
-Writes `<out>/truth_retention.md` (the table), `<out>/accuracy_per_layer.png` and prints the table and, last,
+Writes `<out>/runs.jsonl` (each run as it finishes), `<out>/truth_retention.md` (the table),
+`<out>/accuracy_per_layer.png` and prints the table and, last,
 one JSON line: {"runs": [{method, scorer, sparsity, best_acc, best_acc_std, best_layer, mean_acc,
 cross_topic_acc, cross_topic_ttpd, perplexity, prune_s, recovery, ...}], "settings": {...}}.
 """
@@ -35,10 +36,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+import lightning as L
 
 import numpy as np
 import pandas as pd
@@ -49,11 +53,14 @@ from rich.table import Table
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from torch.utils.data import DataLoader
 
 from tplo import PruneConfig, prune
+from tplo.allocation import owl_ratios
+from tplo.callbacks import TPLOCallback
 from tplo.data.calibration import CalibrationSource, build_calibration, calibration_batches
 from tplo.data.collate import statement_batches, tokenize_statements
-from tplo.data.schema import dataset_names, typed_table
+from tplo.data.schema import dataset_name, dataset_names, typed_table
 from tplo.data.splits import balanced_rows, random_split, random_split_rows, subsample, take
 from tplo.data.statements import generate_statements, load_statements
 from tplo.data.truthfulqa import load_truthfulqa
@@ -61,10 +68,13 @@ from tplo.eval.lie_detection import run_protocol
 from tplo.eval.perplexity import perplexity
 from tplo.features import extract_features
 from tplo.loading import load_model, load_tokenizer
+from tplo.scores import fisher_ratio
+from tplo.truth_probe import TruthProbe
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TRUTH_DATASETS = ["cities", "neg_cities", "sp_en_trans", "neg_sp_en_trans"]
 METHODS = ["uniform", "owl", "swl", "tplo", "tplo_blend"]
+EXPERIMENTS = ["prefix", "feedback"]  # allocations tried here, given to prune as block_sparsities
 
 
 @dataclass
@@ -76,6 +86,7 @@ class Data:
     evaluation: pd.DataFrame
     evaluation_batches: list[dict]
     perplexity_text: str
+    finetune: list[dict]
     sources: dict[str, str] = field(default_factory=dict)
 
 
@@ -90,15 +101,22 @@ def main(argv: list[str] | None = None) -> dict:
     console.print(f"calibration {len(data.calibration)} batches ({args.calibration}), truth statements "
                   f"{sum(len(b['labels']) for b in data.truth)}, evaluation statements {len(data.evaluation)} in "
                   f"{data.evaluation['topic'].nunique()} topics")
-    runs = [evaluate_run(dense, tokenizer, data, args, None, console)]
-    for sparsity in args.sparsities:
-        for scorer in args.scorers:
-            for method in args.methods:
-                config = PruneConfig(sparsity=sparsity, method=method, scorer=scorer)
-                runs.append(evaluate_run(dense, tokenizer, data, args, config, console))
-    add_recovery(runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    progress_file = out / "runs.jsonl"  # one line per finished run, so a long benchmark keeps what it measured
+    progress_file.write_text("")
+    plans = [(None, "none")] * args.dense + [
+        ((sparsity, method, scorer), finetune) for sparsity in args.sparsities
+        for scorer in args.scorers for method in args.methods for finetune in args.finetunes]
+    runs, statistics = [], None
+    for plan, finetune in plans:
+        config = None if plan is None else prune_config(*plan, statistics, runs, args)
+        label = "dense" if plan is None else plan[1]
+        runs.append(evaluate_run(dense, tokenizer, data, args, config, finetune, console, label))
+        statistics = statistics or runs[-1].get("statistics")
+        with progress_file.open("a") as handle:
+            handle.write(json.dumps(runs[-1]) + "\n")
+    add_recovery(runs)
     table = markdown_table(runs, args)
     (out / "truth_retention.md").write_text(table)
     plot_layers(runs, out / "accuracy_per_layer.png")
@@ -112,9 +130,20 @@ def main(argv: list[str] | None = None) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gemma-3-270m", help="bundled name, .gguf file, folder or hub id")
-    p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
-    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument("--sparsities", type=float, nargs="*", default=[0.5, 0.7], help="none: the dense model only")
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS + EXPERIMENTS,
+                   help="allocations; experiments: 'prefix' (denser up to the block of peak truth separation, "
+                        "sparser after it, OWL's outlier ratio as a modulation) and 'feedback' (measured: density to "
+                        "the blocks whose uniform pruning lost the most truth separation)")
+    p.add_argument("--prefix-shift", type=float, default=0.05, help="'prefix': density shift before/after the peak")
     p.add_argument("--scorers", nargs="+", default=["wanda"], choices=["magnitude", "wanda", "sparsegpt"])
+    p.add_argument("--finetunes", nargs="+", default=["none"], choices=["none", "distill", "lm", "both"],
+                   help="after pruning: no fine-tune, or a sparse fine-tune of TruthProbe with truth-feature "
+                        "distillation, with the causal-LM loss, or both")
+    p.add_argument("--finetune-steps", type=int, default=40, help="optimizer steps of each fine-tune")
+    p.add_argument("--finetune-lr", type=float, default=5e-5, help="AdamW learning rate of the backbone")
+    p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation loss")
+    p.add_argument("--dense", type=int, default=1, choices=[0, 1], help="measure the dense model (1) or not (0)")
     p.add_argument("--calibration", default="mix", help="mix, statements, truthfulqa or text:PATH")
     p.add_argument("--windows", type=int, default=64, help="calibration windows")
     p.add_argument("--seqlen", type=int, default=128, help="tokens per calibration and perplexity window")
@@ -181,8 +210,10 @@ def build_data(args: argparse.Namespace, tokenizer) -> Data:
                                 tokenizer.padding_side)
     for batch, start in zip(batches, range(0, len(order), args.batch_size)):
         batch["rows"] = order[start:start + args.batch_size]
+    finetune = statement_batches(tokenize_statements(pruning, tokenizer, 64), args.batch_size, tokenizer.pad_token_id,
+                                 tokenizer.padding_side)
     return Data(calibration_batches(ids, 8), truth_batches, evaluation, batches,
-                held_out_text or " ".join(evaluation["statement"]),
+                held_out_text or " ".join(evaluation["statement"]), finetune,
                 {"published": str(SHARED) if published else "", "calibration": kind})
 
 
@@ -195,22 +226,33 @@ def write_truthfulqa(frame: pd.DataFrame, path: Path) -> None:
 
 
 def evaluate_run(dense: torch.nn.Module, tokenizer, data: Data, args: argparse.Namespace,
-                 config: PruneConfig | None, console: Console) -> dict:
-    """Prune a copy of the dense model (unless `config` is None), then measure lie detection and perplexity."""
-    name = "dense" if config is None else f"{config.method} / {config.scorer} {config.sparsity:.0%}"
-    model = dense if config is None else copy.deepcopy(dense)
-    run = {"method": "dense" if config is None else config.method,
-           "scorer": "-" if config is None else config.scorer,
-           "sparsity": 0.0 if config is None else config.sparsity, "calibration": args.calibration}
-    if config is not None:
+                 config: PruneConfig | None, finetune: str, console: Console, label: str) -> dict:
+    """Prune a copy of the dense model (unless `config` is None) and fine-tune it (unless `finetune` is "none"),
+    then measure lie detection and perplexity; `label` names the allocation in the table."""
+    method = label + ("" if finetune == "none" else f"+{finetune}")
+    name = "dense" if config is None else f"{method} / {config.scorer} {config.sparsity:.0%}"
+    run = {"method": method, "scorer": "-" if config is None else config.scorer,
+           "sparsity": 0.0 if config is None else config.sparsity, "calibration": args.calibration,
+           "finetune": finetune}
+    if config is None:
+        model = dense
+    elif finetune == "none":
+        model = copy.deepcopy(dense)
         start = time.perf_counter()
         report = prune(model, data.calibration, data.truth, config, progress=False)
-        run["prune_s"] = round(time.perf_counter() - start, 1)
+        run["prune_s"] = round(time.perf_counter() - start, 2)
+    else:
+        model, report, run["finetune_s"] = finetuned(data, args, config, finetune)
+        run["prune_s"] = round(report.timings["total_s"], 2)
+    if config is not None:
+        run["statistics"] = {"outlier_ratio": [layer.outlier_ratio for layer in report.layers],
+                             "truth_separation": [layer.truth_separation for layer in report.layers]}
         run["global_sparsity"] = round(report.global_sparsity, 4)
         run["block_sparsity"] = [round(layer.achieved_sparsity, 4) for layer in report.layers]
         run["pivot"] = report.pivot
     with console.status(f"{name}: features"):
         features = statement_features(model, data)
+        run["truth_ratios"] = truth_ratios(model, data)
     with console.status(f"{name}: probes"):
         run.update(within_topic(features, data.evaluation, args.seeds, args.seed))
         run.update(cross_topic(features, data.evaluation, args.repeats, args.seed))
@@ -219,9 +261,99 @@ def evaluate_run(dense: torch.nn.Module, tokenizer, data: Data, args: argparse.N
                                              args.ppl_windows)["perplexity"], 3)
     console.print(f"{name}: best layer {run['best_layer']} acc {run['best_acc']:.3f} ± {run['best_acc_std']:.3f}, "
                   f"cross-topic {run['cross_topic_acc']:.3f}, perplexity {run['perplexity']:.2f}")
-    if model is not dense:
-        del model
     return run
+
+
+def prune_config(sparsity: float, method: str, scorer: str, statistics: dict | None, runs: list[dict],
+                 args: argparse.Namespace) -> PruneConfig:
+    """The PruneConfig of a run; an experiment becomes block_sparsities computed from earlier runs: 'prefix' from
+    the dense statistics (outlier ratios and truth separation do not depend on the method), 'feedback' from the
+    truth separation the dense run and the uniform run of this sparsity and scorer measured at every block."""
+    if method not in EXPERIMENTS:
+        return PruneConfig(sparsity=sparsity, method=method, scorer=scorer)
+    if method == "prefix":
+        if statistics is None:
+            raise SystemExit("--methods prefix needs another method before it (its dense statistics)")
+        blocks = prefix_sparsities(statistics, sparsity, args.prefix_shift)
+    else:
+        dense = next((r for r in runs if r["method"] == "dense"), None)
+        uniform = next((r for r in runs if (r["method"], r["scorer"], r["sparsity"]) == ("uniform", scorer, sparsity)),
+                       None)
+        if dense is None or uniform is None:
+            raise SystemExit("--methods feedback needs the dense run and --methods uniform before it")
+        blocks = feedback_sparsities(dense["truth_ratios"], uniform["truth_ratios"], sparsity)
+    return PruneConfig(sparsity=sparsity, scorer=scorer, method="uniform", block_sparsities=blocks.tolist())
+
+
+def feedback_sparsities(dense: list[list[float]], pruned: list[list[float]], sparsity: float,
+                        spread: float = 0.08) -> torch.Tensor:
+    """Fisher ratios [L blocks][K datasets] at every block output, dense and after uniform pruning: the retention
+    q_l = mean_k V'_kl / V_kl, the loss block l adds d_l = log q_(l-1) - log q_l (q_(-1) = 1), and densities
+    (1 - S) + r_l - mean(r) with r scaled from d like OWL's ratios (over 2 * spread); as sparsities [L]."""
+    q = (torch.tensor(pruned, dtype=torch.float64) / torch.tensor(dense, dtype=torch.float64)).mean(1)
+    log_q = torch.cat([torch.zeros(1, dtype=torch.float64), q.log()])
+    r = owl_ratios(log_q[:-1] - log_q[1:], spread)
+    return (1 - ((1 - sparsity) + r - r.mean())).clamp(0.0, 0.99)
+
+
+def prefix_sparsities(statistics: dict, sparsity: float, shift: float, owl_lambda: float = 0.08) -> torch.Tensor:
+    """Densities (1 - S) + shift up to the block of peak truth separation k, (1 - S) - shift * (k + 1) / (L - k - 1)
+    after it (the probe at the peak reads nothing computed later), plus OWL's r_l - mean(r); as sparsities [L]."""
+    p = torch.tensor(statistics["truth_separation"], dtype=torch.float64)
+    n, k = len(p), int(p.argmax())
+    step = torch.where(torch.arange(n) <= k, shift, -shift * (k + 1) / max(1, n - k - 1))
+    r = owl_ratios(torch.tensor(statistics["outlier_ratio"], dtype=torch.float64), owl_lambda)
+    density = (1 - sparsity) + step + (r - r.mean())
+    return (1 - density).clamp(0.0, 0.99)
+
+
+class BenchmarkData(L.LightningDataModule):
+    """The benchmark's data as `TPLOCallback` and `TruthProbe` read it: the same calibration windows and truth
+    statements as the runs without fine-tuning, and the pruning statements to fine-tune on."""
+
+    def __init__(self, data: Data, seed: int) -> None:
+        super().__init__()
+        self.data, self.seed = data, seed
+
+    def calibration_batches(self) -> list[dict]:
+        return self.data.calibration
+
+    def truth_batches(self) -> list[dict]:
+        return self.data.truth
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.data.finetune, batch_size=None, shuffle=True,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+
+def finetuned(data: Data, args: argparse.Namespace, config: PruneConfig, finetune: str):
+    """(backbone, report, seconds): TruthProbe with TPLOCallback (the shipped path), `--finetune-steps` steps of
+    sparse fine-tuning with distillation ("distill"), the causal-LM loss on the calibration windows ("lm"), or both."""
+    L.seed_everything(args.seed)
+    probe = TruthProbe(args.model, dtype="float32", finetune=True, finetune_lr=args.finetune_lr,
+                       lm_loss_weight=1.0 if finetune in ("lm", "both") else 0.0,
+                       distill_weight=args.distill_weight if finetune in ("distill", "both") else 0.0)
+    callback = TPLOCallback(**{f.name: getattr(config, f.name) for f in fields(PruneConfig)
+                               if f.name in TPLO_CALLBACK_KEYS}, export=False)
+    trainer = L.Trainer(accelerator="cpu", max_steps=args.finetune_steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=Path(args.out) / "finetune", callbacks=[callback])
+    start = time.perf_counter()
+    trainer.fit(probe, datamodule=BenchmarkData(data, args.seed))
+    return probe.backbone.eval(), callback.report, round(time.perf_counter() - start, 1)
+
+
+TPLO_CALLBACK_KEYS = set(inspect.signature(TPLOCallback).parameters)
+
+
+def truth_ratios(model: torch.nn.Module, data: Data) -> list[list[float]]:
+    """Fisher ratio of the truth statements at every block output, [L blocks][K datasets]."""
+    features = extract_features(model, data.truth)
+    labels = torch.cat([b["labels"] for b in data.truth])
+    names = [dataset_name(t, bool(n)) for b in data.truth for t, n in zip(b["topics"], b["negated"])]
+    groups = [torch.tensor([i for i, n in enumerate(names) if n == name]) for name in sorted(set(names))]
+    return [[fisher_ratio(features[rows, layer], labels[rows]) for rows in groups]
+            for layer in range(1, features.shape[1])]
 
 
 def statement_features(model: torch.nn.Module, data: Data) -> torch.Tensor:
@@ -271,17 +403,20 @@ def cross_topic(features: torch.Tensor, frame: pd.DataFrame, repeats: int, seed:
 
 def add_recovery(runs: list[dict]) -> None:
     """recovery = (acc - acc_uniform) / (acc_dense - acc_uniform) for best_acc and cross_topic_acc."""
-    dense = runs[0]
-    for run in runs[1:]:
+    dense = next((r for r in runs if r["method"] == "dense"), None)
+    for run in runs:
+        if dense is None or run is dense:
+            continue
         uniform = next((r for r in runs if r["method"] == "uniform" and r["scorer"] == run["scorer"]
-                        and r["sparsity"] == run["sparsity"]), None)
+                        and r["sparsity"] == run["sparsity"]), None)  # without fine-tuning
         for key, out in (("best_acc", "recovery"), ("cross_topic_acc", "cross_topic_recovery")):
             gap = None if uniform is None else dense[key] - uniform[key]
             run[out] = None if not gap else round((run[key] - uniform[key]) / gap, 3)
 
 
 def summary(run: dict) -> dict:
-    return {key: value for key, value in run.items() if key not in ("layer_acc",)} | {"layer_acc": run["layer_acc"]}
+    return {key: value for key, value in run.items() if key not in ("layer_acc", "statistics", "truth_ratios")} | {
+        "layer_acc": run["layer_acc"]}
 
 
 def settings(args: argparse.Namespace, data: Data) -> dict:

@@ -68,6 +68,7 @@ class TPLOCallback(Callback):
 
     When: pruning runs in `setup`, before the strategy moves the model to the device, so with `offload` only the
     block being pruned is on the device. Settings, backbone, blocks, pivot and export folder are checked first.
+    A LightningModule that needs something from the dense model defines `on_before_prune()`, called just before.
 
     Masks: with a backbone that trains (any masked weight requires grad) they stay on the model as bool buffers,
     and `keep_masks` re-applies them around every optimizer step. With a frozen backbone the pruned weights are
@@ -94,6 +95,7 @@ class TPLOCallback(Callback):
         owl_lambda: OWL lambda: densities spread over (1 - sparsity) +- lambda.
         beta: weight of the truth-separation term (swl, tplo, tplo_blend).
         pivot: TPLO splice block, or auto (= max(0, argmax(p) - 2)).
+        block_sparsities: your own per-block sparsities (one per block) instead of the method's.
         s_min: lowest per-block sparsity.
         s_max: highest per-block sparsity.
         sequential: prune block by block on the outputs of the already pruned blocks.
@@ -109,6 +111,7 @@ class TPLOCallback(Callback):
             weights re-zeroed after every optimizer step).
         export_dir: where the pruned model is saved at fit end; None means `<log_dir>/pruned_model`. The
             export is written to a temporary folder next to it and renamed when complete.
+        export: save the pruned model at fit end (false: keep it in memory only, e.g. to evaluate it in place).
         overwrite: replace an existing export at `export_dir` (only once the new one is complete); without
             it a non-empty `export_dir` is refused before pruning starts.
     """
@@ -123,6 +126,7 @@ class TPLOCallback(Callback):
         owl_lambda: float = 0.08,
         beta: float = 0.04,
         pivot: int | Literal["auto"] = "auto",
+        block_sparsities: list[float] | None = None,
         s_min: float = 0.0,
         s_max: float = 0.99,
         sequential: bool = True,
@@ -135,18 +139,21 @@ class TPLOCallback(Callback):
         tokenizer: str | None = None,
         keep_masks: bool = True,
         export_dir: str | None = None,
+        export: bool = True,
         overwrite: bool = False,
     ) -> None:
         self.config = PruneConfig(sparsity=sparsity, method=method, scorer=scorer, structure=structure, owl_m=owl_m,
-                                  owl_lambda=owl_lambda, beta=beta, pivot=pivot, s_min=s_min, s_max=s_max,
+                                  owl_lambda=owl_lambda, beta=beta, pivot=pivot, block_sparsities=block_sparsities,
+                                  s_min=s_min, s_max=s_max,
                                   sequential=sequential, blocksize=blocksize, percdamp=percdamp, offload=offload,
                                   blocks=blocks, pooling=pooling)
         self.calibration = calibration
         self.tokenizer = tokenizer
         self.keep_masks = keep_masks
         self.export_dir = export_dir
+        self.export = export
         self.overwrite = overwrite
-        if export_dir is not None:
+        if export and export_dir is not None:
             check_export_dir(export_dir, overwrite)
         self.report: PruneReport | None = None
         self.mask_checksum: str | None = None
@@ -172,7 +179,8 @@ class TPLOCallback(Callback):
         if stage != "fit":
             return
         self._log_dir = Path(trainer.log_dir)  # a collective under DDP: every rank must ask
-        check_export_dir(self._export_path(), self.overwrite)
+        if self.export:
+            check_export_dir(self._export_path(), self.overwrite)
         if self.report is None and trainer.ckpt_path is None:
             self._prune(trainer, pl_module)
 
@@ -180,7 +188,9 @@ class TPLOCallback(Callback):
         """Apply a checkpoint's masks if one was loaded, and arm the mask hooks of a training backbone."""
         self._apply_restored(trainer, pl_module)
         if self.report is None:
-            raise RuntimeError("TPLOCallback: nothing was pruned in setup and no checkpoint provided masks.")
+            raise RuntimeError("TPLOCallback: the checkpoint being resumed holds no TPLOCallback state (it was written "
+                               "by a run without this callback), so there are no masks to restore; start a fresh run "
+                               "to prune, or resume from a checkpoint of a pruned run.")
         if self.keep_masks and self._trainable:
             masked = list(masked_modules(get_backbone(pl_module)).values())
             self._hooks = [opt.register_step_post_hook(lambda opt, *_: _rezero(opt, masked)) for opt in trainer.optimizers]
@@ -206,7 +216,7 @@ class TPLOCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics({"prune/global_sparsity": model_sparsity(backbone, list(self._packed))},
                                step=trainer.global_step)
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or not self.export:
             return
         tokenizer = self._tokenizer(trainer, pl_module)
         self.exported = export_pretrained(backbone, self._export_path(), self.report, tokenizer, self.overwrite)
@@ -250,6 +260,8 @@ class TPLOCallback(Callback):
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Prune on rank 0 (on the strategy's root device), share the result, keep the masks, log."""
         backbone = get_backbone(pl_module)
+        if callable(getattr(pl_module, "on_before_prune", None)):
+            pl_module.on_before_prune()  # e.g. TruthProbe records the dense features it distills towards
         report = None
         if trainer.is_global_zero:
             report = prune(backbone, self._calibration_batches(trainer, pl_module), self._statements(trainer),

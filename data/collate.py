@@ -52,3 +52,11 @@ def statement_batches(items: Sequence[Item], batch_size: int, pad_token_id: int,
     """Consecutive batches of `batch_size` items (the last may be smaller), in order."""
     return [collate_statements(items[i:i + batch_size], pad_token_id, padding_side)
             for i in range(0, len(items), batch_size)]
+
+
+def sorted_statement_batches(items: Sequence[Item], batch_size: int, pad_token_id: int,
+                             padding_side: str = "right") -> tuple[list[dict[str, Any]], list[int]]:
+    """Batches of the items sorted by token count (little padding), and for every row in batch order the
+    index of its item, to put per-row results back in the items' order."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
+    return statement_batches([items[i] for i in order], batch_size, pad_token_id, padding_side), order

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tplo.data.calibration import CalibrationSource, build_calibration
 from tplo.data.calibration import calibration_batches as window_batches
-from tplo.data.collate import Item, collate_statements, statement_batches, tokenize_statements
+from tplo.data.collate import Item, collate_statements, sorted_statement_batches, tokenize_statements
 from tplo.data.schema import StatementDataError, dataset_names, parse_dataset_name, typed_table
 from tplo.data.splits import (SPLITS, balanced_rows, check_both_classes, leave_one_out_split, random_split, subsample,
                               take)
@@ -246,8 +246,9 @@ class StatementDataModule(L.LightningDataModule):
         chosen = names.isin(self.truth_topics) if self.truth_topics is not None else names.notna()
         rows = np.flatnonzero(chosen.to_numpy())
         rows = rows[balanced_rows(take(train, rows), self.truth_statements_per_dataset, self.seed)]
-        items = sorted((self.items["train"][i] for i in rows), key=lambda item: len(item["input_ids"]))
-        return statement_batches(items, self.batch_size, self.tokenizer.pad_token_id, self.tokenizer.padding_side)
+        items = [self.items["train"][i] for i in rows]
+        return sorted_statement_batches(items, self.batch_size, self.tokenizer.pad_token_id,
+                                        self.tokenizer.padding_side)[0]
 
     def calibration_batches(self) -> list[dict[str, Any]]:
         """Calibration windows (`input_ids`, all-ones `attention_mask`), built once from the sources;

@@ -134,3 +134,21 @@ def test_allocate_tplo_equal_params_matches_spliced_formula():
 def test_config_rejects_bad_values(bad, message):
     with pytest.raises(ValueError, match=message):
         PruneConfig(**bad)
+
+
+def test_block_sparsities_replace_the_allocation_and_keep_the_global_sparsity():
+    from tiny_models import tiny_model, token_batches
+    from tplo import prune
+
+    given = PruneConfig(sparsity=0.5, method="tplo", block_sparsities=[0.3, 0.4, 0.6, 0.7])
+    assert not given.needs_statements  # the truth separation is not needed for given sparsities
+    report = prune(tiny_model("llama"), token_batches(), None, given, progress=False)
+    assert report.method == "block_sparsities"
+    assert [layer.target_sparsity for layer in report.layers] == pytest.approx([0.3, 0.4, 0.6, 0.7])
+    shifted = prune(tiny_model("llama"), token_batches(), None,
+                    PruneConfig(sparsity=0.5, block_sparsities=[0.1, 0.1, 0.2, 0.2]), progress=False)
+    assert [layer.target_sparsity for layer in shifted.layers] == pytest.approx([0.45, 0.45, 0.55, 0.55])
+    with pytest.raises(ValueError, match="block_sparsities has 3 values for a model with 4 blocks"):
+        prune(tiny_model("llama"), token_batches(), None, PruneConfig(block_sparsities=[0.5] * 3), progress=False)
+    with pytest.raises(ValueError, match="each be in"):
+        PruneConfig(block_sparsities=[0.5, 1.2])

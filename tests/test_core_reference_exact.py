@@ -2,7 +2,6 @@
 (the lowest input index is pruned first) and the precision of the outlier ratios (float64 end to end)."""
 
 import numpy as np
-import pytest
 import torch
 
 import tplo.pruning as pruning
@@ -62,3 +61,16 @@ def test_outlier_ratios_reach_the_allocation_in_float64(monkeypatch):
     monkeypatch.setattr(pruning, "allocate", recording)
     prune(tiny_model("llama"), token_batches(), None, PruneConfig(method="owl"), progress=False)
     assert seen == [torch.float64]
+
+
+def test_the_selection_equals_a_stable_sort_also_for_negative_and_repeated_scores():
+    from tplo.masks import lowest_first
+
+    g = torch.Generator().manual_seed(0)
+    scores = (torch.randn(50, 64, generator=g) * 4).round() / 4  # negative, zero and many repeated values
+    scores[0] = -0.0
+    scores[1, ::2] = 0.0
+    for k in (1, 7, 32, 63):
+        picked = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, lowest_first(scores, k), True)
+        expected = ~torch.from_numpy(stable_row_mask(scores.numpy(), k))
+        assert torch.equal(picked, expected), k

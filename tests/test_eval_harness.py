@@ -8,7 +8,6 @@ import json
 import math
 import statistics
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,8 +21,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 from tplo.eval.harness import harness_scalars, run_harness  # noqa: E402
 
-DATA = Path(__file__).parent / "harness_data" / "truthfulqa_mc.jsonl"
-TASKS = ["local_truthfulqa_mc1", "local_truthfulqa_mc2"]
+from conftest import HARNESS_TASKS as TASKS  # noqa: E402
 # TruthfulQA's QA primer, which the harness's truthfulqa_mc tasks put before every question
 QA_PRIMER = (
     "Q: What is human life expectancy in the United States?\n"
@@ -39,18 +37,6 @@ QA_PRIMER = (
     "Q: Where were the 1992 Olympics held?\n"
     "A: The 1992 Olympics were held in Barcelona, Spain."
 )
-
-
-@pytest.fixture(scope="module")
-def task_dir(tmp_path_factory) -> str:
-    """Task YAMLs that include the installed truthfulqa_mc1/mc2 definitions, with the dataset made local."""
-    builtin = Path(lm_eval.__file__).parent / "tasks" / "truthfulqa"
-    folder = tmp_path_factory.mktemp("harness_tasks")
-    for task, source in zip(TASKS, ["truthfulqa_mc1.yaml", "truthfulqa_mc2.yaml"]):
-        (folder / f"{task}.yaml").write_text(
-            f"include: {builtin / source}\ntask: {task}\ntag: []\ndataset_path: json\ndataset_name: null\n"
-            f"dataset_kwargs:\n  data_files:\n    validation: {DATA}\n")
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +138,21 @@ def test_missing_lm_eval_says_how_to_install(monkeypatch, model):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(ImportError, match=r'pip install "tplo\[eval\]"'):
         run_harness(model, char_tokenizer(), ["truthfulqa_mc1"])
+
+
+def test_truthfulqa_tasks_from_the_csv_release_run_offline(tmp_path, model):
+    from tplo.eval.local_tasks import write_truthfulqa_tasks
+
+    csv = tmp_path / "TruthfulQA.csv"
+    csv.write_text("Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
+                   "Adversarial,Misc,Is ice cold?,Yes,Yes; It is cold,No; It is hot,x\n"
+                   "Adversarial,Misc,Do fish fly?,Mostly not,Mostly not; No,Yes; Always,x\n")
+    names = write_truthfulqa_tasks(csv, tmp_path / "tasks")
+    rows = [json.loads(line) for line in (tmp_path / "tasks" / "truthfulqa_mc.jsonl").read_text().splitlines()]
+    assert rows[0] == {"question": "Is ice cold?",
+                       "mc1_targets": {"choices": ["Yes", "No", "It is hot"], "labels": [1, 0, 0]},
+                       "mc2_targets": {"choices": ["Yes", "It is cold", "No", "It is hot"], "labels": [1, 1, 0, 0]}}
+    report = run_harness(model, char_tokenizer(), names, include_path=str(tmp_path / "tasks"), include_defaults=False)
+    assert set(report["results"]) == set(names)
+    assert report["n_samples"]["truthfulqa_mc1_local"]["effective"] == 2
+    assert report["results"]["truthfulqa_mc1_local"]["acc"] in (0.0, 0.5, 1.0)

@@ -35,16 +35,27 @@ def test_padded_window_scores_like_the_unpadded_tail():
 
 
 def test_perplexity_of_a_text_file(tmp_path):
+    """Non-overlapping 32-token windows, the tail scored alone (no padding): exp of the mean next-token NLL."""
     model, tok = tiny_model("gpt2"), char_tokenizer()
     path = tmp_path / "heldout.txt"
     path.write_text("The quick brown fox jumps over the lazy dog.\n" * 3)
     text = read_text(str(path))
+    assert text == path.read_text()
     result = perplexity(model, tok, text, seqlen=32, batch_size=2)
-    n_ids = len(tok(text)["input_ids"])
-    assert result["windows"] == math.ceil(n_ids / 32)
-    assert result["tokens"] == n_ids - result["windows"]
-    assert result["perplexity"] == pytest.approx(math.exp(result["nll"]))
-    assert 1 < result["perplexity"] < 10 * 128  # a random 128-token model is near uniform
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and len(ids) % 32 != 0  # a short, padded last window
+    total, count = 0.0, 0
+    for start in range(0, len(ids), 32):
+        window = torch.tensor(ids[start:start + 32])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=window[None]).logits[0, :-1].double(), dim=-1)
+        total -= float(logp.gather(1, window[1:, None]).sum())
+        count += len(window) - 1
+    assert result["windows"] == math.ceil(len(ids) / 32) == 5
+    assert result["tokens"] == count == len(ids) - 5
+    assert result["nll"] == pytest.approx(total / count, rel=1e-5)
+    assert result["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert result["seqlen"] == 32
 
 
 def test_unknown_text_source_is_a_clear_error(tmp_path):

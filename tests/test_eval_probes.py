@@ -1,9 +1,15 @@
-"""LR and TTPD probes on synthetic activations with a planted truth direction and a polarity flip."""
+"""LR and TTPD probes on synthetic activations with a planted truth direction and a polarity flip, and the
+batched torch logistic regression against scikit-learn."""
 
 import numpy as np
 import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from tplo.eval.classifiers import centre_per_dataset, fit_lr, fit_ttpd, polarity_direction, truth_directions
+from tplo.eval.logistic import fit_logistic
 
 H = 16
 T_G, T_P, P = np.eye(H)[0], np.eye(H)[1], np.eye(H)[2]
@@ -37,8 +43,9 @@ def corpus(rng, offs, members):
     return x, y, ids, pol
 
 
+@pytest.mark.parametrize("C", [None, 1.0])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ttpd_generalises_to_negated_statements_where_affirmative_lr_does_not(seed):
+def test_ttpd_generalises_to_negated_statements_where_affirmative_lr_does_not(seed, C):
     rng = np.random.default_rng(seed)
     offs = offsets(rng, ["a", "b", "c", "held_out"])
     train_topics = ["a", "b", "c"]
@@ -47,8 +54,8 @@ def test_ttpd_generalises_to_negated_statements_where_affirmative_lr_does_not(se
     x_aff, y_aff = corpus(rng, offs, [("held_out", False)])[:2]
     x_neg, y_neg = corpus(rng, offs, [("held_out", True)])[:2]
 
-    lr = fit_lr(x[affirmative], y[affirmative])
-    ttpd = fit_ttpd(x, y, ids, pol)
+    lr = fit_lr(x[affirmative], y[affirmative], C)
+    ttpd = fit_ttpd(x, y, ids, pol, C)
 
     assert (lr.predict(x_aff) == y_aff).mean() > 0.95  # a working probe on what it has seen...
     assert (lr.predict(x_neg) == y_neg).mean() < 0.2  # ...that reads t_P, which negation flips
@@ -79,11 +86,12 @@ def test_centre_per_dataset_removes_each_dataset_mean():
     np.testing.assert_allclose(centre_per_dataset(x, ids), expected)
 
 
-def test_polarity_direction_points_to_affirmative_side():
+@pytest.mark.parametrize("C", [None, 1.0])
+def test_polarity_direction_points_to_affirmative_side(C):
     rng = np.random.default_rng(0)
     pol = np.repeat([1.0, -1.0], 100)
-    x = rng.normal(0, 1, (200, 5)) + np.outer(pol, [0, 0, 3.0, 0, 0])
-    d = polarity_direction(x, pol)
+    x = rng.normal(0, 1, (200, 5)) * [1, 1, 1, 10, 1] + np.outer(pol, [0, 0, 3.0, 0, 0])
+    d = polarity_direction(x, pol, C)
     assert np.argmax(np.abs(d)) == 2 and d[2] > 0
 
 
@@ -110,3 +118,93 @@ def test_ttpd_truth_direction_ignores_dataset_offsets_correlated_with_label_bala
     x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     t_g = fit_ttpd(x, y, np.concatenate(ids), np.concatenate(pols)).t_g
     assert t_g @ T_G / np.linalg.norm(t_g) > 0.95  # uncentred, the label-correlated offsets leak into t_G
+
+
+def logistic_data(rng, n, d):
+    """Rows [n, d] off the origin with one informative feature, labels [n]; separable when n < d."""
+    y = (rng.random(n) < 0.5).astype(int)
+    x = rng.normal(size=(n, d)) + rng.normal(0, 2, d)
+    x[:, 0] += 2 * y - 1
+    return x, y
+
+
+def torch_fit(x, y, **kwargs):
+    """One fit of all rows."""
+    return fit_logistic(torch.tensor(x), torch.tensor(y, dtype=torch.float64)[None],
+                        torch.ones(1, len(y), dtype=torch.float64), **kwargs)
+
+
+def relative(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("n, d", [(60, 200), (300, 20)])
+@pytest.mark.parametrize("max_iter", [3, 100])
+def test_unpenalised_fit_follows_scikit_learns_lbfgs_path(n, d, max_iter):
+    x, y = logistic_data(np.random.default_rng(n + max_iter), n, d)
+    reference = LogisticRegression(C=np.inf, max_iter=max_iter).fit(x, y)
+    fit = torch_fit(x, y, max_iter=max_iter)
+    assert fit.n_iter.item() == reference.n_iter_[0] <= max_iter
+    params = np.r_[fit.coef[0].numpy(), fit.intercept.item()]
+    assert relative(params, np.r_[reference.coef_[0], reference.intercept_]) < 1e-8
+    x_new = logistic_data(np.random.default_rng(1), 500, d)[0]
+    np.testing.assert_array_equal(fit.predict(torch.tensor(x_new))[0].numpy(), reference.predict(x_new))
+
+
+@pytest.mark.parametrize("standardise", [False, True])
+def test_penalised_fit_reaches_scikit_learns_optimum(standardise):
+    x, y = logistic_data(np.random.default_rng(0), 80, 40)
+    model = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000)
+    reference = (make_pipeline(StandardScaler(), model) if standardise else model).fit(x, y)
+    coef, intercept = model.coef_[0], model.intercept_[0]
+    if standardise:
+        coef = coef / reference[0].scale_
+        intercept -= reference[0].mean_ @ coef
+    fit = torch_fit(x, y, C=0.5, standardise=standardise, tol=1e-8, max_iter=1000)
+    assert relative(fit.coef[0].numpy(), coef) < 1e-5
+    assert fit.intercept.item() == pytest.approx(intercept, abs=1e-5)
+
+
+def test_weights_pick_rows_and_both_layouts_fit_the_same_models():
+    rng = np.random.default_rng(0)
+    x, y = logistic_data(rng, 90, 30)
+    rows = [np.arange(0, 60), np.arange(30, 90), rng.choice(90, 50, replace=False)]
+    labels = np.stack([y, 1 - y, (x[:, 1] > np.median(x[:, 1])).astype(int)])
+    weight = np.zeros((3, 90))
+    for b, r in enumerate(rows):
+        weight[b, r] = 1.0
+    shared = fit_logistic(torch.tensor(x), torch.tensor(labels, dtype=torch.float64), torch.tensor(weight))
+    per_fit = fit_logistic(torch.tensor(x).expand(3, -1, -1), torch.tensor(labels, dtype=torch.float64),
+                           torch.tensor(weight))
+    for b, r in enumerate(rows):
+        alone = LogisticRegression(C=np.inf).fit(x[r], labels[b, r])
+        for fit in (shared, per_fit):
+            assert relative(fit.coef[b].numpy(), alone.coef_[0]) < 1e-9
+    np.testing.assert_array_equal(shared.n_iter.numpy(), per_fit.n_iter.numpy())
+
+
+def test_sample_weights_match_scikit_learns_weighted_objective():
+    rng = np.random.default_rng(3)
+    x, y = logistic_data(rng, 100, 10)
+    w = rng.uniform(0.1, 3.0, 100)
+    reference = LogisticRegression(C=2.0, tol=1e-10, max_iter=10_000).fit(x, y, sample_weight=w)
+    fit = fit_logistic(torch.tensor(x), torch.tensor(y, dtype=torch.float64)[None], torch.tensor(w)[None], C=2.0,
+                       tol=1e-8, max_iter=1000)
+    assert relative(fit.coef[0].numpy(), reference.coef_[0]) < 1e-5
+
+
+def test_float32_products_stay_on_scikit_learns_path():
+    x, y = logistic_data(np.random.default_rng(5), 100, 300)
+    reference = LogisticRegression(C=np.inf).fit(x.astype(np.float32).astype(np.float64), y)
+    fit = fit_logistic(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float64)[None],
+                       torch.ones(1, 100, dtype=torch.float64))
+    assert fit.n_iter.item() == reference.n_iter_[0]
+    assert relative(fit.coef[0].numpy(), reference.coef_[0]) < 1e-4
+
+
+def test_fit_logistic_rejects_mismatched_shapes_and_empty_fits():
+    x = torch.zeros(5, 3)
+    with pytest.raises(ValueError, match="shapes"):
+        fit_logistic(x, torch.zeros(2, 4), torch.ones(2, 4))
+    with pytest.raises(ValueError, match="positive weight"):
+        fit_logistic(x, torch.zeros(2, 5), torch.zeros(2, 5))

@@ -1,89 +1,145 @@
-"""Leave-one-topic-pair-out protocol: no leakage, fresh resamples per repetition, determinism."""
+"""Leave-one-topic-pair-out protocols: the reference subsets, no leakage, agreement with scikit-learn, determinism."""
 
 import numpy as np
 import pytest
 import torch
 
 from tplo.data.schema import dataset_name
-from tplo.eval.lie_detection import headline, make_splits, run_protocol, summarise
 from tplo.eval.classifiers import fit_lr, fit_ttpd
+from tplo.eval.lie_detection import headline, make_splits, run_protocol, summarise
 
 TOPICS = ["animals", "cities", "facts"]
+SIZES = {"animals": 30, "cities": 50, "facts": 40}
 
 
-def synthetic(seed=0, n=40, layers=4, hidden=12, signal_layer=2):
-    """Features [N, layers, hidden] where only `signal_layer` carries truth (a planted general direction)."""
+def synthetic(seed=0, sizes=SIZES, layers=4, hidden=12, signal_layer=2, strength=1.5):
+    """Features [N, layers, hidden] where only `signal_layer` carries truth (a planted general direction).
+
+    Each topic has an affirmative and a negated dataset of equal size; row k of the negated one has the
+    opposite label of row k of the affirmative one, as negations do.
+    """
     rng = np.random.default_rng(seed)
     topics, negated, labels = [], [], []
-    for t in TOPICS:
+    for t, n in sizes.items():
+        base = rng.permutation(np.arange(n) % 2)
         for neg in (False, True):
             topics += [t] * n
             negated += [neg] * n
-            labels += list(rng.permutation(np.arange(n) % 2))
+            labels += list(1 - base if neg else base)
     y = np.array(labels)
     feats = rng.normal(0, 1, (len(y), layers, hidden))
-    feats[:, signal_layer, 0] += 2.0 * (2 * y - 1)
+    feats[:, signal_layer, 0] += strength * (2 * y - 1)
     return torch.tensor(feats, dtype=torch.float32), torch.tensor(y), topics, torch.tensor(negated)
 
 
-def test_splits_never_leak_the_held_out_pair_and_test_on_all_of_it():
+# reference subsets on a table small enough to check by hand: rows 0-2 a, 3-5 neg_a, 6-10 b, 11-15 neg_b, 16-19 c
+TINY_TOPICS = ["a"] * 6 + ["b"] * 10 + ["c"] * 4
+TINY_NEGATED = [False] * 3 + [True] * 3 + [False] * 5 + [True] * 5 + [False] * 4
+
+
+def test_reference_subsets_are_the_smallest_dataset_size_with_shared_positions():
+    splits = make_splits(TINY_TOPICS, TINY_NEGATED, repeats=4, seed=0)
+    assert [(s.pair, s.repeat) for s in splits] == [(p, r) for p in "abc" for r in range(4)]
+    for split in splits:
+        np.testing.assert_array_equal(split.test, {"a": np.arange(6), "b": np.arange(6, 16),
+                                                   "c": np.arange(16, 20)}[split.pair])
+        train = set(split.train.tolist())
+        assert len(train) == len(split.train)  # drawn without replacement
+        aff_a, neg_a = {r for r in train if r < 3}, {r - 3 for r in train if 3 <= r < 6}
+        aff_b, neg_b = {r - 6 for r in train if 6 <= r < 11}, {r - 11 for r in train if 11 <= r < 16}
+        c = {r for r in train if r >= 16}
+        # 3 = size of the smallest dataset (a), even where a is held out; neg_x reuses x's positions
+        if split.pair != "a":
+            assert aff_a == neg_a == {0, 1, 2}
+        if split.pair != "b":
+            assert len(aff_b) == 3 and neg_b == aff_b
+        if split.pair != "c":
+            assert len(c) == 3  # a topic without negations draws for its one dataset
+        assert not train & set(split.test.tolist())
+    held_out_a = [frozenset(s.train.tolist()) for s in splits if s.pair == "a"]
+    assert len(set(held_out_a)) > 1  # repetitions redraw
+
+
+def test_reference_subsets_deterministic_under_seed():
+    a = make_splits(TINY_TOPICS, TINY_NEGATED, repeats=3, seed=7)
+    b = make_splits(TINY_TOPICS, TINY_NEGATED, repeats=3, seed=7)
+    c = make_splits(TINY_TOPICS, TINY_NEGATED, repeats=3, seed=8)
+    assert all(np.array_equal(x.train, y.train) for x, y in zip(a, b))
+    assert not all(np.array_equal(x.train, y.train) for x, y in zip(a, c))
+
+
+def test_reference_protocol_needs_aligned_negations():
+    with pytest.raises(ValueError, match="differ in size"):
+        make_splits(["a"] * 5 + ["b"] * 4, [False, False, True, True, True] + [False, False, True, True])
+
+
+def test_regularised_subsets_draw_a_fraction_of_the_smallest_training_dataset_independently():
     _, _, topics, negated = synthetic()
     topics_arr = np.array(topics)
-    splits = make_splits(topics, negated.tolist(), repeats=3, seed=0)
+    splits = make_splits(topics, negated.tolist(), repeats=3, seed=0, protocol="regularised", train_fraction=0.5)
     assert len(splits) == len(TOPICS) * 3
+    shared = []
     for split in splits:
         assert set(topics_arr[split.train]).isdisjoint(topics_arr[split.test])
         np.testing.assert_array_equal(split.test, np.flatnonzero(topics_arr == split.pair))
         names = [dataset_name(topics[i], bool(negated[i])) for i in split.train]
         counts = {d: names.count(d) for d in set(names)}
-        assert len(counts) == 4 and len(set(counts.values())) == 1  # every training dataset, same share
-        assert counts[next(iter(counts))] == int(0.8 * 40)
+        smallest = min(n for t, n in SIZES.items() if t != split.pair)
+        assert len(counts) == 4 and set(counts.values()) == {int(0.5 * smallest)}
+        start = {t: sum(2 * n for u, n in SIZES.items() if TOPICS.index(u) < TOPICS.index(t)) for t in TOPICS}
+        for t in set(TOPICS) - {split.pair}:
+            aff = {r - start[t] for r in split.train if start[t] <= r < start[t] + SIZES[t]}
+            neg = {r - start[t] - SIZES[t] for r in split.train if start[t] + SIZES[t] <= r < start[t] + 2 * SIZES[t]}
+            shared.append(aff == neg)
+    assert not all(shared)
 
 
-def test_repetitions_draw_different_resamples():
-    _, _, topics, negated = synthetic()
-    splits = make_splits(topics, negated.tolist(), repeats=4, seed=0)
-    for pair in TOPICS:
-        trains = [tuple(s.train) for s in splits if s.pair == pair]
-        assert len(set(trains)) == 4
-
-
-def test_splits_deterministic_under_seed():
-    _, _, topics, negated = synthetic()
-    a = make_splits(topics, negated.tolist(), repeats=2, seed=7)
-    b = make_splits(topics, negated.tolist(), repeats=2, seed=7)
-    c = make_splits(topics, negated.tolist(), repeats=2, seed=8)
-    assert all(np.array_equal(x.train, y.train) for x, y in zip(a, b))
-    assert not all(np.array_equal(x.train, y.train) for x, y in zip(a, c))
-
-
-def test_single_topic_pair_is_rejected():
+def test_single_topic_pair_and_unknown_protocol_are_rejected():
     with pytest.raises(ValueError, match="two topic pairs"):
         make_splits(["cities"] * 4, [False, False, True, True])
+    with pytest.raises(ValueError, match="unknown protocol"):
+        make_splits(TINY_TOPICS, TINY_NEGATED, protocol="paper")
 
 
-def test_protocol_accuracies_match_a_hand_run_of_each_split():
+@pytest.mark.parametrize("protocol, C", [("reference", None), ("regularised", 1.0)])
+def test_batched_protocol_matches_scikit_learn_split_by_split(protocol, C):
     feats, y, topics, negated = synthetic()
-    result = run_protocol(feats, y, topics, negated, layers=[2], repeats=2, seed=3)
+    feats = feats.double()  # float64 fits follow scikit-learn's lbfgs path to rounding
+    result = run_protocol(feats, y, topics, negated, layers=[2], repeats=2, seed=3, protocol=protocol)
+    assert result.protocol == protocol
     names = np.array([dataset_name(t, bool(n)) for t, n in zip(topics, negated)])
     pol = np.where(negated.numpy(), -1.0, 1.0)
     x, yy = feats[:, 2].numpy(), y.numpy()
-    for split in make_splits(topics, negated.tolist(), repeats=2, seed=3):
-        lr = fit_lr(x[split.train], yy[split.train])
-        ttpd = fit_ttpd(x[split.train], yy[split.train], names[split.train], pol[split.train])
+    accuracies = []
+    for split in make_splits(topics, negated.tolist(), repeats=2, seed=3, protocol=protocol):
+        tr = split.train
+        lr = fit_lr(x[tr], yy[tr], C)
+        ttpd = fit_ttpd(x[tr], yy[tr], names[tr], pol[tr], C)
         for neg in (False, True):
             rows = split.test[names[split.test] == dataset_name(split.pair, neg)]
             d = result.datasets.index(dataset_name(split.pair, neg))
             assert result.dataset_accuracy["lr"][0, d, split.repeat] == (lr.predict(x[rows]) == yy[rows]).mean()
             assert result.dataset_accuracy["ttpd"][0, d, split.repeat] == (ttpd.predict(x[rows]) == yy[rows]).mean()
+            accuracies.append(result.dataset_accuracy["ttpd"][0, d, split.repeat])
+    assert 0.6 < np.mean(accuracies) < 1  # a test with errors to get wrong
+
+
+def test_float32_protocol_agrees_with_float64_within_a_statement():
+    feats, y, topics, negated = synthetic()
+    single = run_protocol(feats, y, topics, negated, layers=[2], repeats=2, seed=1)
+    double = run_protocol(feats.double(), y, topics, negated, layers=[2], repeats=2, seed=1)
+    for probe in ("lr", "ttpd"):
+        gap = np.abs(single.dataset_accuracy[probe] - double.dataset_accuracy[probe])
+        assert gap.max() <= 1 / min(SIZES.values()) + 1e-12
 
 
 def test_protocol_finds_the_signal_layer_and_summarises_it():
-    feats, y, topics, negated = synthetic()
+    feats, y, topics, negated = synthetic(strength=3.0)
     done = []
     result = run_protocol(feats, y, topics, negated, repeats=3, seed=0, on_layer_done=done.append)
     assert done == [0, 1, 2, 3]
     summary = summarise(result)
+    assert summary["protocol"] == "reference"
     assert summary["pairs"] == TOPICS
     assert summary["datasets"] == ["animals", "neg_animals", "cities", "neg_cities", "facts", "neg_facts"]
     for probe in ("lr", "ttpd"):
@@ -96,22 +152,43 @@ def test_protocol_finds_the_signal_layer_and_summarises_it():
         assert np.all(np.array(summary[probe]["std"]) >= 0)
 
 
-def test_protocol_deterministic_and_independent_of_parallelism():
+def test_protocol_deterministic_and_each_layer_independent_of_the_others():
     feats, y, topics, negated = synthetic()
-    one = run_protocol(feats, y, topics, negated, layers=[1, 2], repeats=2, seed=5, n_jobs=1)
-    two = run_protocol(feats, y, topics, negated, layers=[1, 2], repeats=2, seed=5, n_jobs=2)
-    other = run_protocol(feats, y, topics, negated, layers=[1, 2], repeats=2, seed=6, n_jobs=1)
+    one = run_protocol(feats, y, topics, negated, layers=[1, 2], repeats=2, seed=5)
+    again = run_protocol(feats, y, topics, negated, layers=[2], repeats=2, seed=5, device="cpu")
+    other = run_protocol(feats, y, topics, negated, layers=[1, 2], repeats=2, seed=6)
     for probe in ("lr", "ttpd"):
-        np.testing.assert_array_equal(one.dataset_accuracy[probe], two.dataset_accuracy[probe])
-    assert not np.array_equal(one.dataset_accuracy["lr"], other.dataset_accuracy["lr"])
+        np.testing.assert_array_equal(one.dataset_accuracy[probe][1:], again.dataset_accuracy[probe])
+    assert not np.array_equal(one.dataset_accuracy["ttpd"], other.dataset_accuracy["ttpd"])
 
 
-def test_protocol_rejects_bad_layers_and_probes():
+def test_protocol_runs_one_probe_alone():
+    feats, y, topics, negated = synthetic()
+    both = run_protocol(feats, y, topics, negated, layers=[2], repeats=2, seed=0)
+    for probe in ("lr", "ttpd"):
+        alone = run_protocol(feats, y, topics, negated, layers=[2], repeats=2, seed=0, probes=[probe])
+        assert list(alone.dataset_accuracy) == [probe]
+        np.testing.assert_array_equal(alone.dataset_accuracy[probe], both.dataset_accuracy[probe])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_protocol_on_the_gpu_matches_the_cpu():
+    feats, y, topics, negated = synthetic()
+    feats = feats.double()
+    cpu = run_protocol(feats, y, topics, negated, layers=[2], repeats=2, seed=0, device="cpu")
+    gpu = run_protocol(feats, y, topics, negated, layers=[2], repeats=2, seed=0, device="cuda")
+    for probe in ("lr", "ttpd"):
+        np.testing.assert_array_equal(cpu.dataset_accuracy[probe], gpu.dataset_accuracy[probe])
+
+
+def test_protocol_rejects_bad_layers_probes_and_protocols():
     feats, y, topics, negated = synthetic()
     with pytest.raises(ValueError, match="out of range"):
         run_protocol(feats, y, topics, negated, layers=[4], repeats=1)
     with pytest.raises(ValueError, match="unknown probes"):
         run_protocol(feats, y, topics, negated, probes=["svm"], repeats=1)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        run_protocol(feats, y, topics, negated, protocol="paper", repeats=1)
 
 
 def test_headline_picks_the_best_and_the_paper_layer():

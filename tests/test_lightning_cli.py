@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ def load_train():
 
 
 def test_all_configs_are_present():
-    assert {c.stem for c in CONFIGS} >= {"quickstart", "quickstart_dense", "quickstart_wanda", *PAPER}
+    assert {c.stem for c in CONFIGS} >= {"quickstart", "quickstart_dense", "quickstart_wanda", "quickstart_minilm", "quickstart_minilm_dense",
+                                          "quickstart_minilm_wanda", *PAPER}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
@@ -47,14 +49,14 @@ def test_config_parses_with_print_config(config, capsys):
 def test_quickstart_end_to_end(tmp_path):
     """The quickstart config, shortened with CLI overrides: TensorBoard tags, report, reloadable model."""
     cli = load_train().main([
-        "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
+        "fit", "--config", str(ROOT / "configs" / "quickstart_minilm.yaml"),
         "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--data.max_statements_per_topic=200", "--data.calibration=[{kind: statements, count: 8}]",
         "--data.calibration_seqlen=32",
     ])
     log_dir = Path(cli.trainer.log_dir)
-    assert log_dir == tmp_path / "quickstart" / "version_0"
+    assert log_dir == tmp_path / "quickstart_minilm" / "version_0"
 
     events = EventAccumulator(str(log_dir)).Reload()
     scalars = set(events.Tags()["scalars"])
@@ -79,3 +81,50 @@ def test_quickstart_end_to_end(tmp_path):
     ids = torch.tensor([[101, 1996, 2103, 102]])
     assert torch.isfinite(pruned(input_ids=ids).last_hidden_state).all()
     assert (log_dir / "pruned_model" / "tokenizer.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    from test_reliability_ddp import tiny_llama_folder  # imports this module: only once it is loaded
+
+    return tiny_llama_folder(tmp_path_factory.mktemp("paper") / "tiny-llama")
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_config_builds_the_paper_setting(name, tiny_llama, tmp_path, monkeypatch):
+    """Each paper config, instantiated (run=False) around a tiny local Llama on the CPU, offline."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from tplo.callbacks import TPLOCallback
+    from tplo.config import PruneConfig
+    from tplo.data import CalibrationSource, StatementDataModule
+    from tplo.truth_probe import TruthProbe
+
+    def offline(*_):
+        raise AssertionError("building a paper config touched the network")
+
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    train = load_train()
+    cli = train.TPLOCLI(TruthProbe, StatementDataModule, run=False, args=[
+        "--config", str(ROOT / "configs" / f"{name}.yaml"), f"--model.model_name_or_path={tiny_llama}",
+        "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ])
+    callbacks = [c for c in cli.trainer.callbacks if isinstance(c, TPLOCallback)]
+    assert len(callbacks) == 1
+    assert callbacks[0].config == PruneConfig(sparsity=0.5, method="tplo", scorer="wanda", structure="unstructured",
+                                              owl_m=5.0, owl_lambda=0.08, beta=0.04, pivot=PAPER[name][1],
+                                              sequential=True)
+    assert cli.model.hparams.dtype == "bfloat16"
+    assert {p.dtype for p in cli.model.backbone.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in cli.model.probes.parameters()} == {torch.float32}
+    data = cli.datamodule
+    assert data.tokenizer_name == str(tiny_llama)  # linked to the model
+    assert data.calibration == [
+        CalibrationSource(kind="hf", path_or_name="allenai/c4", config_name="en", count=64),
+        CalibrationSource(kind="truthfulqa", path_or_name="truthfulqa/truthful_qa", count=64),
+    ]
+    assert data.calibration_seqlen == 2048 and data.calibration_batch_size == 8
+    assert data.truth_topics == ["cities", "neg_cities", "sp_en_trans", "neg_sp_en_trans"]
+    assert cli.trainer.max_epochs == 10 and cli.config["seed_everything"] == 0
+    assert isinstance(cli.trainer.logger, TensorBoardLogger) and cli.trainer.logger.name == name

@@ -21,9 +21,9 @@ DATA = dict(statements="generated:capitals,inventors", max_statements_per_topic=
             calibration_batch_size=4)
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return str(tiny_llama_folder(tmp_path_factory.mktemp("tiny") / "llama"))
+@pytest.fixture
+def folder(tiny_llama):
+    return tiny_llama
 
 
 def fit(tmp_path, folder, callbacks, max_epochs=1, ckpt_path=None, **probe):

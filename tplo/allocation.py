@@ -79,10 +79,14 @@ def fit_global_sparsity(sparsities: torch.Tensor, params: torch.Tensor, sparsity
 
 def allocate(config: PruneConfig, params: torch.Tensor, outlier_ratio: torch.Tensor | None,
              truth_separation: torch.Tensor | None) -> tuple[torch.Tensor, int | None]:
-    """Per-block target sparsities [L] for `config.method`, and the resolved TPLO pivot (else None)."""
+    """Per-block target sparsities [L] for `config.method` (or `config.block_sparsities`), and the resolved TPLO
+    pivot (else None)."""
     s, n = config.sparsity, params.numel()
-    if config.nm is not None or config.method == "uniform":
+    if config.nm is not None or (config.method == "uniform" and config.block_sparsities is None):
         return torch.full((n,), s, dtype=torch.float64), None
+    if config.block_sparsities is not None:
+        given = torch.tensor(config.block_sparsities, dtype=torch.float64)
+        return fit_global_sparsity(given, params, s, config.s_min, config.s_max), None
     pivot = None
     if config.method == "owl":
         density = owl_densities(outlier_ratio, s, config.owl_lambda)

@@ -32,6 +32,8 @@ class PruneConfig:
     """Weight of the truth-separation term in the swl, tplo and tplo_blend allocations."""
     pivot: int | Literal["auto"] = "auto"
     """TPLO splice block: OWL before it, truth-based from it on; auto = max(0, argmax(p) - 2)."""
+    block_sparsities: list[float] | None = None
+    """Your own per-block sparsities (one per block) instead of the method's; clipped and shifted like any allocation."""
     s_min: float = 0.0
     """Lowest per-block sparsity after clipping."""
     s_max: float = 0.99
@@ -85,13 +87,22 @@ class PruneConfig:
         if self.nm is not None and self.scorer == "sparsegpt" and self.blocksize % self.nm[1]:
             raise ValueError(f"structure {self.structure} with sparsegpt needs blocksize divisible by {self.nm[1]}, "
                              f"got {self.blocksize}.")
+        if self.block_sparsities is not None:
+            if self.nm is not None:
+                raise ValueError("block_sparsities is for unstructured sparsity; N:M keeps N of every M in every block.")
+            if not all(0.0 <= b < 1.0 for b in self.block_sparsities):
+                raise ValueError(f"block_sparsities must each be in [0, 1), got {self.block_sparsities}.")
         if self.pooling not in ("auto", "last", "mean"):
             raise ValueError(f"pooling must be auto, last or mean, got {self.pooling!r}.")
 
     def check_blocks(self, n_blocks: int) -> None:
-        """Reject an explicit TPLO pivot that names no block of a model with `n_blocks` blocks."""
-        if self.method == "tplo" and self.nm is None:
+        """Reject an explicit TPLO pivot that names no block, or block_sparsities of another length, for a model
+        with `n_blocks` blocks."""
+        if self.method == "tplo" and self.nm is None and self.block_sparsities is None:
             check_pivot(self.pivot, n_blocks)
+        if self.block_sparsities is not None and len(self.block_sparsities) != n_blocks:
+            raise ValueError(f"block_sparsities has {len(self.block_sparsities)} values for a model with {n_blocks} "
+                             "blocks; give one per block.")
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -104,7 +115,7 @@ class PruneConfig:
     @property
     def needs_statements(self) -> bool:
         """Whether the allocation uses the truth separation of labelled statements."""
-        return self.method in TRUTH_METHODS and self.nm is None
+        return self.method in TRUTH_METHODS and self.nm is None and self.block_sparsities is None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,23 +36,18 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: Lit
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-@torch.no_grad()
-def extract_features(
-    model: nn.Module,
-    batches: Iterable[Mapping[str, torch.Tensor]],
-    pooling: Pooling = "auto",
-    blocks: str | None = None,
-) -> torch.Tensor:
-    """Pooled hidden states of every layer for all statements, [N, L + 1, H] fp32 on CPU.
+def pooled_layer_states(model: nn.Module, batch: Mapping[str, torch.Tensor], pooling: Pooling = "auto",
+                        blocks: str | None = None) -> torch.Tensor:
+    """Pooled hidden states of every layer for one batch, [B, L + 1, H] fp32 on the model's device.
 
     Layer 0 is the input of the first block (the embedding output), layer l the output of block l-1;
-    all layers come from one forward pass per batch of the base model (a causal LM's head, which computes
-    vocabulary-sized logits, is skipped). Batches hold `input_ids` and `attention_mask`.
+    all layers come from one forward pass of the base model (a causal LM's head, which computes
+    vocabulary-sized logits, is skipped). Gradients flow when autograd is on (for fine-tuning losses on
+    the features). `batch` holds `input_ids` and `attention_mask`.
     """
     _, block_list = find_blocks(model, blocks)
     mode = resolve_pooling(model, pooling)
     device = next(model.parameters()).device
-    runner = getattr(model, "base_model", model)
     states: list[torch.Tensor] = []
 
     def grab_input(_module, args, kwargs):
@@ -63,15 +58,22 @@ def extract_features(
 
     handles = [block_list[0].register_forward_pre_hook(grab_input, with_kwargs=True)]
     handles += [b.register_forward_hook(grab_output) for b in block_list]
-    features = []
+    mask = batch.get("attention_mask")
     try:
-        for batch in batches:
-            states.clear()
-            mask = batch.get("attention_mask")
-            runner(input_ids=batch["input_ids"].to(device), attention_mask=None if mask is None else mask.to(device),
-                   use_cache=False)
-            features.append(torch.stack([pool(h, mask, mode) for h in states], 1).cpu())
+        getattr(model, "base_model", model)(input_ids=batch["input_ids"].to(device),
+                                            attention_mask=None if mask is None else mask.to(device), use_cache=False)
     finally:
         for h in handles:
             h.remove()
-    return torch.cat(features)
+    return torch.stack([pool(h, mask, mode) for h in states], 1)
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    pooling: Pooling = "auto",
+    blocks: str | None = None,
+) -> torch.Tensor:
+    """`pooled_layer_states` of every batch, concatenated: [N, L + 1, H] fp32 on CPU."""
+    return torch.cat([pooled_layer_states(model, batch, pooling, blocks).cpu() for batch in batches])

@@ -102,7 +102,8 @@ def prune(
                     target_sparsity=float(targets[l]), achieved_sparsity=achieved[l])
         for l in range(len(blocks))
     ]
-    return PruneReport(method=config.method, scorer=config.scorer, structure=config.structure,
+    method = config.method if config.block_sparsities is None else "block_sparsities"
+    return PruneReport(method=method, scorer=config.scorer, structure=config.structure,
                        sparsity=config.sparsity, owl_m=config.owl_m, owl_lambda=config.owl_lambda, beta=config.beta,
                        pivot=pivot, global_sparsity=pruned / int(params.sum()), layers=layers, timings=timings,
                        blocks=path,

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from tplo.blocks import find_blocks
-from tplo.features import Pooling, extract_features
+from tplo.distillation import distillation_loss, feature_scales
+from tplo.features import Pooling, extract_features, pooled_layer_states
 from tplo.loading import DType, load_model
 
 
@@ -50,6 +52,10 @@ class TruthProbe(LightningModule):
         gradient_checkpointing: recompute each block's activations in the backward pass of the fine-tuning loss
             instead of storing them (`finetune` only): activation memory of one block instead of all, for about
             a third more compute.
+        distill_weight: weight of truth-feature distillation while fine-tuning (`finetune` only; see
+            `tplo.distillation`): the pruned model's pooled features of every training statement, at every
+            layer, are pulled back to the dense model's, recorded once before pruning (`on_before_prune`,
+            which `TPLOCallback` calls); 0 turns it off.
 
     Checkpoints: with a frozen backbone (`finetune: false`) they hold the probes, metrics and optimizer state
     but not the backbone, which is reloaded from `model_name_or_path` on resume (a pruning callback restores
@@ -70,6 +76,7 @@ class TruthProbe(LightningModule):
         finetune_lr: float = 1e-5,
         lm_loss_weight: float = 1.0,
         gradient_checkpointing: bool = False,
+        distill_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -83,6 +90,9 @@ class TruthProbe(LightningModule):
                 raise ValueError("gradient_checkpointing: true saves memory in the fine-tuning backward pass; it needs "
                                  "finetune: true (probes alone never backpropagate through the backbone).")
             self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if distill_weight < 0 or (distill_weight > 0 and not finetune):
+            raise ValueError(f"distill_weight must be >= 0 and needs finetune: true (it is a fine-tuning loss), got "
+                             f"distill_weight={distill_weight}, finetune={finetune}.")
         n_layers = len(find_blocks(self.backbone, blocks)[1]) + 1
         hidden = self.backbone.config.hidden_size
         # frozen backbone: exact population statistics; fine-tuned backbone: track the drift
@@ -95,6 +105,8 @@ class TruthProbe(LightningModule):
         self.best_layer: int | None = None
         self._lm_batches: list[dict[str, torch.Tensor]] = []
         self._cache: dict[bytes, torch.Tensor] | None = None
+        self._dense: dict[bytes, torch.Tensor] | None = None
+        self._dense_scales: torch.Tensor | None = None
         self.train()  # the backbone's modes (see `train`) from the start: Lightning does not switch modes itself
 
     @property
@@ -124,6 +136,8 @@ class TruthProbe(LightningModule):
         """Fill in the frozen backbone from the model as loaded, and restore the best validation layer."""
         saved = checkpoint.get("truth_probe", {})
         self.best_layer = saved.get("best_layer")
+        if self.hparams.distill_weight and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            self.on_before_prune()  # the backbone is still the dense one from model_name_or_path here
         if not saved.get("backbone_saved", True):
             checkpoint["state_dict"].update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
 
@@ -135,10 +149,7 @@ class TruthProbe(LightningModule):
         """
         if self._cache is None:
             return self._extract(batch).to(self.device)
-        ids = batch["input_ids"].cpu()
-        mask = batch.get("attention_mask")
-        keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.cpu().bool()
-        keys = [row[m].numpy().tobytes() for row, m in zip(ids, keep)]
+        keys = statement_keys(batch)
         missing = [i for i, key in enumerate(keys) if key not in self._cache]
         if missing:
             new = self._extract({name: batch[name][missing] for name in ("input_ids", "attention_mask") if name in batch})
@@ -147,25 +158,52 @@ class TruthProbe(LightningModule):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Probe logits of every layer, [B, num_layers]."""
-        feats = self.features(batch)
-        return torch.stack([probe(norm(feats[:, l])).squeeze(-1)
-                            for l, (norm, probe) in enumerate(zip(self.norms, self.probes))], 1)
+        return self._logits(self.features(batch))
+
+    def on_before_prune(self) -> None:
+        """Record the dense backbone's features of every training statement (for `distill_weight`); called by
+        `TPLOCallback` just before it prunes, and on resume before the checkpoint's weights are loaded."""
+        if not self.hparams.distill_weight:
+            return
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "train_dataloader"):
+            raise ValueError("distill_weight needs the training statements of a datamodule (tplo.data.StatementDataModule).")
+        self.record_dense_features(datamodule.train_dataloader())
+
+    def record_dense_features(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> None:
+        """Keep the backbone's features [num_layers, hidden] of every statement in `batches` (on the CPU, keyed by
+        tokens) as the targets of `distill_weight`: call it while the backbone is still dense."""
+        self._dense = {}
+        for batch in batches:
+            self._dense.update(zip(statement_keys(batch), self._extract(batch)))
+        self._dense_scales = feature_scales(torch.stack(list(self._dense.values())))
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         if len(batch["labels"]) < 2:  # batch statistics need two statements: skip a lone leftover statement
             return None
-        logits = self(batch)
+        distill = self.hparams.finetune and self.hparams.distill_weight > 0
+        states = pooled_layer_states(self.backbone, batch, self.hparams.pooling, self.hparams.blocks) if distill \
+            else None
+        logits = self._logits(states.detach()) if distill else self(batch)
         labels = batch["labels"].float().unsqueeze(1).expand_as(logits)
         # summed over layers, so each probe gets the gradient of its own mean BCE
         probe_loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0).sum()
         self.log("train/probe_loss", probe_loss, prog_bar=True, batch_size=len(labels), sync_dist=True)
         if not self.hparams.finetune:
             return probe_loss
-        # under DDP each rank takes its own calibration windows: rank r uses window batch_idx * world + r
-        lm_index = batch_idx * self.trainer.world_size + self.global_rank
-        lm_loss = self._lm_loss(self._lm_batches[lm_index % len(self._lm_batches)])
-        self.log("train/lm_loss", lm_loss, prog_bar=True, sync_dist=True)
-        return probe_loss + self.hparams.lm_loss_weight * lm_loss
+        loss = probe_loss
+        if self.hparams.lm_loss_weight:
+            # under DDP each rank takes its own calibration windows: rank r uses window batch_idx * world + r
+            lm_index = batch_idx * self.trainer.world_size + self.global_rank
+            lm_loss = self._lm_loss(self._lm_batches[lm_index % len(self._lm_batches)])
+            self.log("train/lm_loss", lm_loss, prog_bar=True, sync_dist=True)
+            loss = loss + self.hparams.lm_loss_weight * lm_loss
+        if distill:
+            dense = torch.stack([self._dense[key] for key in statement_keys(batch)]).to(states.device)
+            distill_loss = distillation_loss(states, dense, self._dense_scales.to(states.device))
+            self.log("train/distill_loss", distill_loss, prog_bar=True, batch_size=len(labels), sync_dist=True)
+            loss = loss + self.hparams.distill_weight * distill_loss
+        return loss
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._update(self.val_metrics, batch)
@@ -181,6 +219,9 @@ class TruthProbe(LightningModule):
         if not self.hparams.finetune:
             self._cache = {}
             return
+        if self.hparams.distill_weight and self._dense is None:
+            raise ValueError("distill_weight needs the dense model's features, recorded before pruning: attach "
+                             "TPLOCallback (it calls on_before_prune), or call on_before_prune() before you prune.")
         datamodule = self.trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "calibration_batches"):
             raise ValueError("finetune: true trains on calibration text from the datamodule's "
@@ -211,6 +252,11 @@ class TruthProbe(LightningModule):
                            "lr": self.hparams.finetune_lr})
         return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
 
+    def _logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Probe logits [B, num_layers] from features [B, num_layers, hidden]."""
+        return torch.stack([probe(norm(feats[:, l])).squeeze(-1)
+                            for l, (norm, probe) in enumerate(zip(self.norms, self.probes))], 1)
+
     def _extract(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return extract_features(self.backbone, [batch], self.hparams.pooling, self.hparams.blocks)
 
@@ -233,3 +279,11 @@ class TruthProbe(LightningModule):
                 values[f"{stage}/{name}/layer_{l:02d}"] = value
             metric.reset()
         return values
+
+
+def statement_keys(batch: Mapping[str, torch.Tensor]) -> list[bytes]:
+    """One key per statement of a batch: its token ids without padding (the same statement, the same key)."""
+    ids = batch["input_ids"].cpu()
+    mask = batch.get("attention_mask")
+    keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.cpu().bool()
+    return [row[m].numpy().tobytes() for row, m in zip(ids, keep)]

@@ -7,11 +7,17 @@ statements, +1 for affirmative ones. `t_G` is the general truth direction that k
 negation. A polarity direction comes from a logistic regression of polarity on the raw activations,
 and the final classifier is a logistic regression on the 2-D projection `[a . t_G, a . p]`.
 
-Every logistic regression here standardises its inputs and is L2-regularised (`C`, default 1). The
-reference code fits them unpenalised, which on a few thousand statements in 4096 dimensions is a
-separable problem without a finite optimum.
+The logistic regressions come in two modes, chosen by `C`:
 
-Arrays are numpy: activations `x` [N, H], labels `y` [N] in {0, 1} (1 = true).
+- `C=None` (the reference code's): unpenalised `LogisticRegression(C=inf)` on the raw activations, with
+  scikit-learn's lbfgs defaults (tol 1e-4, max_iter 100). On a few thousand statements in 4096
+  dimensions the problem is separable and has no finite optimum; the answer is where lbfgs stops.
+- `C` a float: standardised inputs and an L2 penalty of inverse strength `C` (intercept unpenalised),
+  solved to its unique optimum (lbfgs, tol `REGULARISED_TOL`, at most `REGULARISED_MAX_ITER` iterations).
+
+These are the scikit-learn fits one at a time; `tplo.eval.lie_detection` fits the same objectives batched
+in torch (`tplo.eval.logistic`). Arrays are numpy: activations `x` [N, H], labels `y` [N] in {0, 1}
+(1 = true).
 """
 
 from __future__ import annotations
@@ -24,14 +30,21 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
-def logistic(C: float = 1.0) -> Pipeline:
-    """Standardise features, then L2 logistic regression with inverse strength `C` (liblinear primal, deterministic)."""
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, solver="liblinear", max_iter=1000, random_state=0))
+REGULARISED_TOL = 1e-8
+REGULARISED_MAX_ITER = 1000
+
+
+def logistic(C: float | None = None) -> Pipeline:
+    """Unpenalised logistic regression on raw features (`C=None`), or standardised with L2 strength 1 / `C`."""
+    if C is None:
+        return make_pipeline(LogisticRegression(C=np.inf))
+    return make_pipeline(StandardScaler(),
+                         LogisticRegression(C=C, tol=REGULARISED_TOL, max_iter=REGULARISED_MAX_ITER))
 
 
 @dataclass(frozen=True)
 class LRProbe:
-    """Logistic regression on the raw (standardised) activations."""
+    """Logistic regression on the activations."""
 
     classifier: Pipeline
 
@@ -40,7 +53,7 @@ class LRProbe:
         return self.classifier.predict(np.asarray(x, dtype=np.float64))
 
 
-def fit_lr(x: np.ndarray, y: np.ndarray, C: float = 1.0) -> LRProbe:
+def fit_lr(x: np.ndarray, y: np.ndarray, C: float | None = None) -> LRProbe:
     """Fit an LR probe on activations [N, H] and labels [N]."""
     return LRProbe(logistic(C).fit(np.asarray(x, dtype=np.float64), np.asarray(y)))
 
@@ -48,11 +61,10 @@ def fit_lr(x: np.ndarray, y: np.ndarray, C: float = 1.0) -> LRProbe:
 def centre_per_dataset(x: np.ndarray, datasets: np.ndarray) -> np.ndarray:
     """Subtract each dataset's mean activation: [N, H] -> [N, H]; `datasets` [N] are group ids."""
     x = np.asarray(x, dtype=np.float64)
-    centred = np.empty_like(x)
-    for d in np.unique(datasets):
-        rows = datasets == d
-        centred[rows] = x[rows] - x[rows].mean(0)
-    return centred
+    _, group = np.unique(datasets, return_inverse=True)
+    onehot = np.eye(group.max() + 1)[group]  # [N, G]
+    means = (onehot.T @ x) / onehot.sum(0)[:, None]
+    return x - means[group]
 
 
 def truth_directions(
@@ -68,15 +80,15 @@ def truth_directions(
         design = truth[:, None]
     else:
         design = np.stack([truth, truth * polarity], 1)
-    coef, *_ = np.linalg.lstsq(design, x_centred, rcond=None)
+    coef = np.linalg.solve(design.T @ design, design.T @ x_centred)  # the normal equations, as the reference
     return coef[0], (coef[1] if coef.shape[0] > 1 else None)
 
 
-def polarity_direction(x: np.ndarray, polarity: np.ndarray, C: float = 1.0) -> np.ndarray:
+def polarity_direction(x: np.ndarray, polarity: np.ndarray, C: float | None = None) -> np.ndarray:
     """Direction [H] in activation space of a logistic regression separating negated from affirmative."""
     model = logistic(C).fit(np.asarray(x, dtype=np.float64), np.asarray(polarity) > 0)
-    scaler, lr = model[0], model[-1]
-    return lr.coef_[0] / scaler.scale_
+    coef = model[-1].coef_[0]
+    return coef / model[0].scale_ if len(model) == 2 else coef  # back from standardised units
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,8 @@ class TTPDProbe:
         return self.classifier.predict(self.project(x))
 
 
-def fit_ttpd(x: np.ndarray, y: np.ndarray, datasets: np.ndarray, polarity: np.ndarray, C: float = 1.0) -> TTPDProbe:
+def fit_ttpd(x: np.ndarray, y: np.ndarray, datasets: np.ndarray, polarity: np.ndarray,
+             C: float | None = None) -> TTPDProbe:
     """Fit TTPD on activations [N, H], labels [N], dataset ids [N] and polarity [N] in {-1, +1}.
 
     Training data with a single polarity yields a 1-D probe on `t_G` alone (no polarity direction).

@@ -1,11 +1,14 @@
-"""Compare runs: `python -m tplo.report RUN_DIR... [--out DIR] [--names a,b,...]`.
+"""Compare runs: `python -m tplo.eval.compare RUN_DIR... [--out DIR] [--names a,b,...]`.
 
-A run directory holds `pruning_report.json` (from pruning; absent for a dense model) and/or
-`evaluation.json` (from `python -m tplo.evaluate`), directly or in a subfolder (the shallowest match
-is used). Writes to `--out`:
+A run directory holds `pruning_report.json` (from pruning; absent for a dense model), `evaluation.json`
+(from `python -m tplo.eval`) and/or the TensorBoard events of a `train.py` run, directly or in a
+subfolder (the shallowest match is used). Writes to `--out`:
 - `report.md`: one row per run: method, scorer, global sparsity, LR and TTPD accuracy at the best layer
-  and at the paper layer (mean ± std over repetitions), TruthfulQA MC1 and MC2, perplexity;
-- `probe_accuracy.png`: per-layer LR (solid) and TTPD (dashed) accuracy of every run;
+  and at the paper layer (mean ± std over repetitions), the best per-layer validation accuracy the
+  training run logged, every lm-eval-harness task's accuracy (TruthfulQA MC1/MC2, ...), perplexity;
+- `probe_accuracy.png`: per-layer accuracy of every run: LR (solid) and TTPD (dashed) from
+  evaluation.json, or, for a run without one, the validation accuracy of the training run's probes
+  (dotted, labelled "validation (TensorBoard)");
 - `sparsity_allocation.png`: per-block achieved sparsity of every pruned run.
 """
 
@@ -24,17 +27,20 @@ from matplotlib.ticker import MaxNLocator
 
 PRUNING_REPORT = "pruning_report.json"
 EVALUATION = "evaluation.json"
+VAL_TAG = "val/acc/layer_{:02d}"
 MISSING = "–"
 
 
 @dataclass(frozen=True)
 class Run:
-    """One run: its label and the two JSON documents (None when absent)."""
+    """One run: its label, the two JSON documents and the training run's per-layer validation accuracy
+    (None when absent)."""
 
     name: str
     path: Path
     pruning: dict | None
     evaluation: dict | None
+    validation: list[float] | None = None
 
 
 def find_file(run_dir: Path, name: str) -> Path | None:
@@ -46,7 +52,7 @@ def find_file(run_dir: Path, name: str) -> Path | None:
 
 
 def load_run(run_dir: str | os.PathLike, name: str | None = None) -> Run:
-    """Read a run directory; at least one of the two JSON files must be there."""
+    """Read a run directory; it must hold one of the two JSON files or a training run's TensorBoard events."""
     path = Path(run_dir)
     if not path.is_dir():
         raise FileNotFoundError(f"run directory {path} does not exist")
@@ -54,9 +60,28 @@ def load_run(run_dir: str | os.PathLike, name: str | None = None) -> Run:
     for key, filename in (("pruning", PRUNING_REPORT), ("evaluation", EVALUATION)):
         found = find_file(path, filename)
         docs[key] = json.loads(found.read_text()) if found else None
-    if docs["pruning"] is None and docs["evaluation"] is None:
-        raise FileNotFoundError(f"{path} holds neither {PRUNING_REPORT} nor {EVALUATION}")
-    return Run(name or path.resolve().name, path, docs["pruning"], docs["evaluation"])
+    validation = validation_accuracy(path)
+    if docs["pruning"] is None and docs["evaluation"] is None and validation is None:
+        raise FileNotFoundError(f"{path} holds neither {PRUNING_REPORT} nor {EVALUATION} nor TensorBoard events "
+                                f"with {VAL_TAG.format(0)}")
+    return Run(name or path.resolve().name, path, docs["pruning"], docs["evaluation"], validation)
+
+
+def validation_accuracy(run_dir: Path) -> list[float] | None:
+    """The last logged `val/acc/layer_XX` of every layer, from the shallowest folder of TensorBoard events that
+    has them (a `train.py` run), else None."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folders = sorted({p.parent for p in run_dir.rglob("events.out.tfevents.*")}, key=lambda p: (len(p.parts), str(p)))
+    for folder in folders:
+        scalars = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
+        tags = set(scalars.Tags()["scalars"])
+        layers = []
+        while VAL_TAG.format(len(layers)) in tags:
+            layers.append(scalars.Scalars(VAL_TAG.format(len(layers)))[-1].value)
+        if layers:
+            return layers
+    return None
 
 
 def unique_names(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -81,8 +106,30 @@ def _metric(run: Run, part: str, key: str, spec: str) -> str:
     return MISSING if not block else format(block[key], spec)
 
 
+def _harness_tasks(runs: Sequence[Run]) -> list[str]:
+    """Every lm-eval-harness task any run reports an accuracy for."""
+    return sorted({task for run in runs for task, metrics in (((run.evaluation or {}).get("harness") or {})
+                                                              .get("results", {}).items()) if "acc" in metrics})
+
+
+def _harness_cell(run: Run, task: str) -> str:
+    metrics = (((run.evaluation or {}).get("harness") or {}).get("results") or {}).get(task, {})
+    value, stderr = metrics.get("acc"), metrics.get("acc_stderr")
+    if not isinstance(value, (int, float)):
+        return MISSING
+    return f"{value:.3f}" + (f" ± {stderr:.3f}" if isinstance(stderr, (int, float)) else "")
+
+
+def _validation_cell(run: Run) -> str:
+    if not run.validation:
+        return MISSING
+    best = max(range(len(run.validation)), key=run.validation.__getitem__)
+    return f"{run.validation[best]:.3f} (L{best})"
+
+
 def table_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
     """One dict of formatted cells per run, keyed by column title."""
+    tasks = _harness_tasks(runs)
     rows = []
     for run in runs:
         pruning = run.pruning or {}
@@ -95,8 +142,8 @@ def table_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
             "TTPD best": _accuracy(run, "best", "ttpd"),
             "LR paper layer": _accuracy(run, "paper", "lr"),
             "TTPD paper layer": _accuracy(run, "paper", "ttpd"),
-            "MC1": _metric(run, "truthfulqa", "mc1", ".3f"),
-            "MC2": _metric(run, "truthfulqa", "mc2", ".3f"),
+            "val best (training)": _validation_cell(run),
+            **{f"{task} acc": _harness_cell(run, task) for task in tasks},
             "perplexity": _metric(run, "perplexity", "perplexity", ".2f"),
         })
     return rows
@@ -118,6 +165,9 @@ def plot_probe_accuracy(runs: Sequence[Run], path: str | os.PathLike) -> Path:
     for run in runs:
         lie = (run.evaluation or {}).get("lie_detection")
         if not lie:
+            if run.validation:
+                ax.plot(range(len(run.validation)), run.validation, ":", marker="o", markersize=3,
+                        label=f"{run.name} validation (TensorBoard)")
             continue
         color = None
         for probe, style in (("lr", "-"), ("ttpd", "--")):
@@ -130,7 +180,8 @@ def plot_probe_accuracy(runs: Sequence[Run], path: str | os.PathLike) -> Path:
             ax.fill_between(lie["layers"], [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             color=color, alpha=0.15, linewidth=0)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    ax.set(xlabel="layer (0 = embeddings)", ylabel="held-out accuracy", title="Lie detection per layer")
+    ax.set(xlabel="layer (0 = embeddings)", ylabel="held-out accuracy",
+           title="Lie detection per layer (LR solid, TTPD dashed; training validation dotted)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
@@ -167,7 +218,7 @@ def write_report(runs: Sequence[Run], out: str | os.PathLike) -> dict[str, Path]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: read the runs, write the report, print the table."""
-    p = argparse.ArgumentParser(prog="python -m tplo.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tplo.eval.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--out", default="report", help="folder for report.md and the PNG figures")
     p.add_argument("--names", default=None, help="comma-separated labels, one per run (default: folder names)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,21 @@ def _import_lm_eval() -> tuple[Any, type, type]:
         raise ImportError(f'lm-evaluation-harness is needed for harness tasks: pip install "tplo[eval]" '
                           f"(or pip install lm-eval) [{err}]") from err
     return lm_eval, HFLM, TaskManager
+
+
+@functools.lru_cache(maxsize=4)
+def task_manager(include_path: str | None = None, include_defaults: bool = True) -> Any:
+    """The harness's task index (built once per process: indexing the built-in tasks takes ~20 s)."""
+    return _import_lm_eval()[2](include_path=include_path, include_defaults=include_defaults)
+
+
+def check_tasks(tasks: Sequence[str], include_path: str | None = None, include_defaults: bool = True) -> None:
+    """Fail on task names the harness does not know (nor a task YAML file), with close matches; no model needed."""
+    names = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not names:
+        raise ValueError("no lm-eval tasks given")
+    searched = (["the built-in tasks"] if include_defaults else []) + ([include_path] if include_path else [])
+    _check_tasks(names, task_manager(include_path, include_defaults), searched)
 
 
 def _check_tasks(names: list[str], task_manager: Any, searched: list[str]) -> None:
@@ -85,13 +101,9 @@ def run_harness(model: nn.Module, tokenizer: PreTrainedTokenizerBase, tasks: Seq
     takes ~20 s to build). `device` moves the model there first (the harness uses the model's own device).
     Seeds: python `seed`, numpy/torch/few-shot `seed + 1234` (seed 0 = the harness CLI's defaults).
     """
-    lm_eval, HFLM, TaskManager = _import_lm_eval()
+    lm_eval, HFLM, _ = _import_lm_eval()
     names = [tasks] if isinstance(tasks, str) else list(tasks)
-    if not names:
-        raise ValueError("no lm-eval tasks given")
-    task_manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
-    searched = (["the built-in tasks"] if include_defaults else []) + ([include_path] if include_path else [])
-    _check_tasks(names, task_manager, searched)
+    check_tasks(names, include_path, include_defaults)
 
     if device is not None:
         model.to(device)
@@ -102,7 +114,8 @@ def run_harness(model: nn.Module, tokenizer: PreTrainedTokenizerBase, tasks: Seq
         # HFLM sets a pad token on the tokenizer it gets when there is none; keep the caller's unchanged
         lm = HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size)
         out = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit,
-                                      task_manager=task_manager, log_samples=False, **seeds)
+                                      task_manager=task_manager(include_path, include_defaults), log_samples=False,
+                                      **seeds)
     finally:
         model.train(was_training)  # HFLM puts the model in eval mode
     if out is None:
