@@ -11,11 +11,13 @@ The model is named once (`model.model_name_or_path`); the datamodule's tokenizer
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import fields
 from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from tplo.callbacks import TPLOCallback
 from tplo.config import PruneConfig
@@ -66,6 +68,8 @@ def check_callback_settings(init_args: Namespace) -> None:
 
 def main(args: list[str] | None = None) -> TPLOCLI:
     """Run the CLI on `args` (default: the command line) and return it (its `trainer`, `model`, `datamodule`)."""
+    # TruthProbe keeps its backbone in eval mode on purpose (no dropout in the features the probes read)
+    warnings.filterwarnings("ignore", r"Found \d+ module\(s\) in eval mode", PossibleUserWarning)
     return TPLOCLI(TruthProbe, StatementDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 

@@ -1,7 +1,7 @@
 """How much of a real causal LM's truth features survives pruning, per allocation method, scorer and sparsity.
 
     python benchmarks/truth_retention.py [--model gemma-3-270m] [--sparsities 0.5 0.7]
-        [--methods uniform owl swl tplo tplo_blend] [--scorers wanda sparsegpt]
+        [--methods uniform owl swl tplo tplo_blend truth_prefix] [--scorers wanda sparsegpt]
         [--calibration mix|statements|truthfulqa|text:PATH] [--windows 64] [--seqlen 128] [--seeds 3]
         [--out runs/truth_retention]
 
@@ -73,8 +73,8 @@ from tplo.truth_probe import TruthProbe
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TRUTH_DATASETS = ["cities", "neg_cities", "sp_en_trans", "neg_sp_en_trans"]
-METHODS = ["uniform", "owl", "swl", "tplo", "tplo_blend"]
-EXPERIMENTS = ["prefix", "feedback"]  # allocations tried here, given to prune as block_sparsities
+METHODS = ["uniform", "owl", "swl", "tplo", "tplo_blend", "truth_prefix"]
+EXPERIMENTS = ["feedback"]  # allocations tried here, given to prune as block_sparsities
 
 
 @dataclass
@@ -108,12 +108,11 @@ def main(argv: list[str] | None = None) -> dict:
     plans = [(None, "none")] * args.dense + [
         ((sparsity, method, scorer), finetune) for sparsity in args.sparsities
         for scorer in args.scorers for method in args.methods for finetune in args.finetunes]
-    runs, statistics = [], None
+    runs = []
     for plan, finetune in plans:
-        config = None if plan is None else prune_config(*plan, statistics, runs, args)
+        config = None if plan is None else prune_config(*plan, runs)
         label = "dense" if plan is None else plan[1]
         runs.append(evaluate_run(dense, tokenizer, data, args, config, finetune, console, label))
-        statistics = statistics or runs[-1].get("statistics")
         with progress_file.open("a") as handle:
             handle.write(json.dumps(runs[-1]) + "\n")
     add_recovery(runs)
@@ -132,10 +131,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="gemma-3-270m", help="bundled name, .gguf file, folder or hub id")
     p.add_argument("--sparsities", type=float, nargs="*", default=[0.5, 0.7], help="none: the dense model only")
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS + EXPERIMENTS,
-                   help="allocations; experiments: 'prefix' (denser up to the block of peak truth separation, "
-                        "sparser after it, OWL's outlier ratio as a modulation) and 'feedback' (measured: density to "
-                        "the blocks whose uniform pruning lost the most truth separation)")
-    p.add_argument("--prefix-shift", type=float, default=0.05, help="'prefix': density shift before/after the peak")
+                   help="allocations; experiment: 'feedback' (measured: density to the blocks whose uniform "
+                        "pruning lost the most truth separation)")
     p.add_argument("--scorers", nargs="+", default=["wanda"], choices=["magnitude", "wanda", "sparsegpt"])
     p.add_argument("--finetunes", nargs="+", default=["none"], choices=["none", "distill", "lm", "both"],
                    help="after pruning: no fine-tune, or a sparse fine-tune of TruthProbe with truth-feature "
@@ -245,8 +242,6 @@ def evaluate_run(dense: torch.nn.Module, tokenizer, data: Data, args: argparse.N
         model, report, run["finetune_s"] = finetuned(data, args, config, finetune)
         run["prune_s"] = round(report.timings["total_s"], 2)
     if config is not None:
-        run["statistics"] = {"outlier_ratio": [layer.outlier_ratio for layer in report.layers],
-                             "truth_separation": [layer.truth_separation for layer in report.layers]}
         run["global_sparsity"] = round(report.global_sparsity, 4)
         run["block_sparsity"] = [round(layer.achieved_sparsity, 4) for layer in report.layers]
         run["pivot"] = report.pivot
@@ -264,24 +259,17 @@ def evaluate_run(dense: torch.nn.Module, tokenizer, data: Data, args: argparse.N
     return run
 
 
-def prune_config(sparsity: float, method: str, scorer: str, statistics: dict | None, runs: list[dict],
-                 args: argparse.Namespace) -> PruneConfig:
-    """The PruneConfig of a run; an experiment becomes block_sparsities computed from earlier runs: 'prefix' from
-    the dense statistics (outlier ratios and truth separation do not depend on the method), 'feedback' from the
-    truth separation the dense run and the uniform run of this sparsity and scorer measured at every block."""
+def prune_config(sparsity: float, method: str, scorer: str, runs: list[dict]) -> PruneConfig:
+    """The PruneConfig of a run; the 'feedback' experiment becomes block_sparsities computed from the truth
+    separation the dense run and the uniform run of this sparsity and scorer measured at every block."""
     if method not in EXPERIMENTS:
         return PruneConfig(sparsity=sparsity, method=method, scorer=scorer)
-    if method == "prefix":
-        if statistics is None:
-            raise SystemExit("--methods prefix needs another method before it (its dense statistics)")
-        blocks = prefix_sparsities(statistics, sparsity, args.prefix_shift)
-    else:
-        dense = next((r for r in runs if r["method"] == "dense"), None)
-        uniform = next((r for r in runs if (r["method"], r["scorer"], r["sparsity"]) == ("uniform", scorer, sparsity)),
-                       None)
-        if dense is None or uniform is None:
-            raise SystemExit("--methods feedback needs the dense run and --methods uniform before it")
-        blocks = feedback_sparsities(dense["truth_ratios"], uniform["truth_ratios"], sparsity)
+    dense = next((r for r in runs if r["method"] == "dense"), None)
+    uniform = next((r for r in runs if (r["method"], r["scorer"], r["sparsity"]) == ("uniform", scorer, sparsity)),
+                   None)
+    if dense is None or uniform is None:
+        raise SystemExit("--methods feedback needs the dense run and --methods uniform before it")
+    blocks = feedback_sparsities(dense["truth_ratios"], uniform["truth_ratios"], sparsity)
     return PruneConfig(sparsity=sparsity, scorer=scorer, method="uniform", block_sparsities=blocks.tolist())
 
 
@@ -294,17 +282,6 @@ def feedback_sparsities(dense: list[list[float]], pruned: list[list[float]], spa
     log_q = torch.cat([torch.zeros(1, dtype=torch.float64), q.log()])
     r = owl_ratios(log_q[:-1] - log_q[1:], spread)
     return (1 - ((1 - sparsity) + r - r.mean())).clamp(0.0, 0.99)
-
-
-def prefix_sparsities(statistics: dict, sparsity: float, shift: float, owl_lambda: float = 0.08) -> torch.Tensor:
-    """Densities (1 - S) + shift up to the block of peak truth separation k, (1 - S) - shift * (k + 1) / (L - k - 1)
-    after it (the probe at the peak reads nothing computed later), plus OWL's r_l - mean(r); as sparsities [L]."""
-    p = torch.tensor(statistics["truth_separation"], dtype=torch.float64)
-    n, k = len(p), int(p.argmax())
-    step = torch.where(torch.arange(n) <= k, shift, -shift * (k + 1) / max(1, n - k - 1))
-    r = owl_ratios(torch.tensor(statistics["outlier_ratio"], dtype=torch.float64), owl_lambda)
-    density = (1 - sparsity) + step + (r - r.mean())
-    return (1 - density).clamp(0.0, 0.99)
 
 
 class BenchmarkData(L.LightningDataModule):
@@ -415,7 +392,7 @@ def add_recovery(runs: list[dict]) -> None:
 
 
 def summary(run: dict) -> dict:
-    return {key: value for key, value in run.items() if key not in ("layer_acc", "statistics", "truth_ratios")} | {
+    return {key: value for key, value in run.items() if key not in ("layer_acc", "truth_ratios")} | {
         "layer_acc": run["layer_acc"]}
 
 

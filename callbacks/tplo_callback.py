@@ -61,7 +61,7 @@ class TPLOCallback(Callback):
         calibration: the callback's `calibration` sources, tokenised with the tokenizer found as below;
             else `trainer.datamodule.calibration_batches()` (a list of dicts with `input_ids`,
             `attention_mask`), which `tplo.data.StatementDataModule` provides.
-        statements (methods swl, tplo, tplo_blend): `trainer.datamodule.truth_batches()`, batches with
+        statements (methods swl, tplo, tplo_blend, truth_prefix): `trainer.datamodule.truth_batches()`, batches with
             `input_ids`, `attention_mask`, `labels`, `topics`, `negated`.
         tokenizer (for `calibration` and the export): the callback's `tokenizer`, else a `tokenizer`
             attribute of the LightningModule, else of the datamodule.
@@ -88,13 +88,14 @@ class TPLOCallback(Callback):
 
     Args:
         sparsity: target fraction of pruned weights over all block linears.
-        method: per-block allocation: uniform, owl, swl, tplo or tplo_blend.
+        method: per-block allocation: uniform, owl, swl, tplo, tplo_blend or truth_prefix.
         scorer: weight importance: magnitude, wanda or sparsegpt (which also reconstructs the kept weights).
         structure: mask pattern: unstructured, 2:4 or 4:8 (N:M needs sparsity 1 - N/M).
         owl_m: OWL outlier threshold M (multiple of the block's mean score).
         owl_lambda: OWL lambda: densities spread over (1 - sparsity) +- lambda.
         beta: weight of the truth-separation term (swl, tplo, tplo_blend).
         pivot: TPLO splice block, or auto (= max(0, argmax(p) - 2)).
+        prefix_shift: truth_prefix: density added up to the peak-separation block, taken from the blocks after it.
         block_sparsities: your own per-block sparsities (one per block) instead of the method's.
         s_min: lowest per-block sparsity.
         s_max: highest per-block sparsity.
@@ -126,6 +127,7 @@ class TPLOCallback(Callback):
         owl_lambda: float = 0.08,
         beta: float = 0.04,
         pivot: int | Literal["auto"] = "auto",
+        prefix_shift: float = 0.05,
         block_sparsities: list[float] | None = None,
         s_min: float = 0.0,
         s_max: float = 0.99,
@@ -143,7 +145,8 @@ class TPLOCallback(Callback):
         overwrite: bool = False,
     ) -> None:
         self.config = PruneConfig(sparsity=sparsity, method=method, scorer=scorer, structure=structure, owl_m=owl_m,
-                                  owl_lambda=owl_lambda, beta=beta, pivot=pivot, block_sparsities=block_sparsities,
+                                  owl_lambda=owl_lambda, beta=beta, pivot=pivot, prefix_shift=prefix_shift,
+                                  block_sparsities=block_sparsities,
                                   s_min=s_min, s_max=s_max,
                                   sequential=sequential, blocksize=blocksize, percdamp=percdamp, offload=offload,
                                   blocks=blocks, pooling=pooling)

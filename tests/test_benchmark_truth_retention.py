@@ -21,8 +21,8 @@ def load_benchmark():
 CASES = {  # calibration, extra arguments, the runs they give as (method, scorer)
     "scorers": ("mix", ["--methods", "uniform", "tplo", "--scorers", "wanda", "sparsegpt"],
                 [("dense", "-"), ("uniform", "wanda"), ("tplo", "wanda"), ("uniform", "sparsegpt"), ("tplo", "sparsegpt")]),
-    "experiments": ("statements", ["--methods", "uniform", "prefix", "feedback"],
-                    [("dense", "-"), ("uniform", "wanda"), ("prefix", "wanda"), ("feedback", "wanda")]),
+    "experiments": ("statements", ["--methods", "uniform", "truth_prefix", "feedback"],
+                    [("dense", "-"), ("uniform", "wanda"), ("truth_prefix", "wanda"), ("feedback", "wanda")]),
     "distillation": ("statements", ["--methods", "uniform", "--finetunes", "none", "distill", "--finetune-steps", "2"],
                      [("dense", "-"), ("uniform", "wanda"), ("uniform+distill", "wanda")]),
 }

@@ -106,7 +106,7 @@ def test_allocate_uniform_and_nm_ignore_signals():
     assert torch.equal(s, torch.full((4,), 0.5, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("method", ["owl", "swl", "tplo", "tplo_blend"])
+@pytest.mark.parametrize("method", ["owl", "swl", "tplo", "tplo_blend", "truth_prefix"])
 def test_allocate_hits_global_sparsity(method):
     params = torch.tensor([10, 20, 30, 40])
     s, pivot = allocate(PruneConfig(method=method, sparsity=0.6), params, D, P)

@@ -16,7 +16,7 @@ from tplo.blocks import UnsupportedModelError, find_blocks, prunable_linears
 from tplo.sequential import on_device as on_device_as_built
 from tplo.sequential import record_block_calls, run_block
 
-METHODS = ["uniform", "owl", "swl", "tplo", "tplo_blend"]
+METHODS = ["uniform", "owl", "swl", "tplo", "tplo_blend", "truth_prefix"]
 
 
 def statement_batches(n_batches: int = 2, seed: int = 5) -> list[dict]:

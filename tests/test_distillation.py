@@ -53,8 +53,8 @@ def test_distillation_pulls_the_pruned_features_back_and_keeps_the_masks(tmp_pat
 
 def test_distillation_needs_its_dense_record_and_finetuning(tmp_path, tiny_llama):
     folder = tiny_llama
-    with pytest.raises(ValueError, match="needs finetune: true"):
-        TruthProbe(folder, distill_weight=1.0)
+    with pytest.raises(ValueError, match="needs finetune: true"):  # before any model is loaded
+        TruthProbe(str(tmp_path / "never-loaded"), distill_weight=1.0)
     model = TruthProbe(folder, finetune=True, distill_weight=1.0)
     trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)

@@ -126,7 +126,7 @@ def test_gradient_checkpointing_recomputes_blocks_and_the_masks_hold(tmp_path, f
             assert torch.count_nonzero(model.backbone.get_submodule(name).weight[~mask]) == 0, name
     assert calls == {False: 3, True: 6}  # 3 steps; with checkpointing each recomputes block 1 in its backward
     with pytest.raises(ValueError, match="gradient_checkpointing: true .* needs finetune: true"):
-        TruthProbe(folder, gradient_checkpointing=True)
+        TruthProbe(str(tmp_path / "never-loaded"), gradient_checkpointing=True)  # before any model is loaded
 
 
 def test_the_best_validation_layer_is_checkpointed_for_test(tmp_path, folder):

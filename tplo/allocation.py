@@ -1,4 +1,4 @@
-"""Per-block sparsity allocations (DESIGN 3.5): uniform, OWL, SWL, TPLO and TPLO-blend.
+"""Per-block sparsity allocations (DESIGN 3.5): uniform, OWL, SWL, TPLO and TPLO-blend, and truth-prefix.
 
 All functions take 1-D tensors over the L blocks and return per-block densities or sparsities.
 """
@@ -57,6 +57,20 @@ def blend_densities(outlier_ratio: torch.Tensor, truth_separation: torch.Tensor,
     return rho - rho.mean() + (1 - sparsity)
 
 
+def truth_prefix_densities(outlier_ratio: torch.Tensor, truth_separation: torch.Tensor, sparsity: float,
+                           owl_lambda: float, shift: float) -> torch.Tensor:
+    """Protect the blocks that build the truth features, [L].
+
+    With k = argmax(p) the block of peak truth separation (a probe at its output reads nothing computed later),
+    rho_l = (1 - S) + shift for l <= k, (1 - S) - shift * (k + 1) / (L - k - 1) for l > k (the same total
+    density moved from after the peak to before it), plus OWL's r_l - mean(r) as a modulation."""
+    n, k = truth_separation.numel(), int(truth_separation.argmax())
+    step = torch.full((n,), -shift * (k + 1) / max(1, n - k - 1), dtype=torch.float64)
+    step[: k + 1] = shift
+    r = owl_ratios(outlier_ratio, owl_lambda)
+    return (1 - sparsity) + step + (r - r.mean())
+
+
 def fit_global_sparsity(sparsities: torch.Tensor, params: torch.Tensor, sparsity: float,
                         s_min: float = 0.0, s_max: float = 0.99) -> torch.Tensor:
     """Clip to [s_min, s_max] and shift all blocks by one constant so that the parameter-weighted
@@ -95,6 +109,8 @@ def allocate(config: PruneConfig, params: torch.Tensor, outlier_ratio: torch.Ten
     elif config.method == "tplo":
         pivot = resolve_pivot(truth_separation, config.pivot)
         density = tplo_densities(outlier_ratio, truth_separation, s, config.owl_lambda, config.beta, pivot)
-    else:
+    elif config.method == "tplo_blend":
         density = blend_densities(outlier_ratio, truth_separation, s, config.owl_lambda, config.beta)
+    else:
+        density = truth_prefix_densities(outlier_ratio, truth_separation, s, config.owl_lambda, config.prefix_shift)
     return fit_global_sparsity(1 - density, params, s, config.s_min, config.s_max), pivot

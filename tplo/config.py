@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-Method = Literal["uniform", "owl", "swl", "tplo", "tplo_blend"]
+Method = Literal["uniform", "owl", "swl", "tplo", "tplo_blend", "truth_prefix"]
 Scorer = Literal["magnitude", "wanda", "sparsegpt"]
 Structure = Literal["unstructured", "2:4", "4:8"]
-TRUTH_METHODS = ("swl", "tplo", "tplo_blend")
+TRUTH_METHODS = ("swl", "tplo", "tplo_blend", "truth_prefix")
 
 
 @dataclass
@@ -18,7 +18,8 @@ class PruneConfig:
     sparsity: float = 0.5
     """Target fraction of pruned weights over all block linears, in [0, 1)."""
     method: Method = "tplo"
-    """Per-block allocation: uniform, owl (outliers), swl (truth only), tplo (pivot splice) or tplo_blend."""
+    """Per-block allocation: uniform, owl (outliers), swl (truth only), tplo (pivot splice), tplo_blend, or
+    truth_prefix (denser up to the block of peak truth separation, sparser after it, OWL as a modulation)."""
     scorer: Scorer = "wanda"
     """Weight importance: magnitude |W|, wanda |W| * ||X_j||, or sparsegpt (OBS saliency, and the kept weights are
     updated to reconstruct each linear's output on the calibration data)."""
@@ -32,6 +33,8 @@ class PruneConfig:
     """Weight of the truth-separation term in the swl, tplo and tplo_blend allocations."""
     pivot: int | Literal["auto"] = "auto"
     """TPLO splice block: OWL before it, truth-based from it on; auto = max(0, argmax(p) - 2)."""
+    prefix_shift: float = 0.05
+    """truth_prefix: density added to every block up to the peak-separation block (and taken from those after it)."""
     block_sparsities: list[float] | None = None
     """Your own per-block sparsities (one per block) instead of the method's; clipped and shifted like any allocation."""
     s_min: float = 0.0
@@ -73,10 +76,10 @@ class PruneConfig:
             )
         if self.pivot != "auto" and (not isinstance(self.pivot, int) or self.pivot < 0):
             raise ValueError(f"pivot must be 'auto' or a block index >= 0, got {self.pivot!r}.")
-        if self.owl_m <= 0 or self.owl_lambda < 0 or self.beta < 0:
+        if self.owl_m <= 0 or self.owl_lambda < 0 or self.beta < 0 or self.prefix_shift < 0:
             raise ValueError(
-                f"owl_m must be > 0 and owl_lambda, beta >= 0; got owl_m={self.owl_m}, "
-                f"owl_lambda={self.owl_lambda}, beta={self.beta}."
+                f"owl_m must be > 0 and owl_lambda, beta, prefix_shift >= 0; got owl_m={self.owl_m}, "
+                f"owl_lambda={self.owl_lambda}, beta={self.beta}, prefix_shift={self.prefix_shift}."
             )
         if self.scorer == "sparsegpt" and not self.sequential:
             raise ValueError("scorer sparsegpt reconstructs each block on the outputs of the already pruned ones; "

@@ -42,8 +42,8 @@ def prune(
         model: a Hugging Face model (causal LM or encoder); masks are left on it as bool buffers.
         calibration_batches: dicts with `input_ids` [B, T] and optionally `attention_mask` [B, T].
         statements: labelled statement batches (`input_ids`, `attention_mask`, `labels` [B], and
-            `topics` list[str] / `negated` [B] to separate datasets); required by swl, tplo, tplo_blend,
-            and used for the report's truth separation whenever given.
+            `topics` list[str] / `negated` [B] to separate datasets); required by swl, tplo, tplo_blend and
+            truth_prefix, and used for the report's truth separation whenever given.
         config: the pruning settings.
         device: where blocks are computed; defaults to the model's device. With `config.offload`, only
             the block being processed is moved there. A model dispatched by accelerate (`device_map`,

@@ -80,19 +80,19 @@ class TruthProbe(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if gradient_checkpointing and not finetune:
+            raise ValueError("gradient_checkpointing: true saves memory in the fine-tuning backward pass; it needs "
+                             "finetune: true (probes alone never backpropagate through the backbone).")
+        if distill_weight < 0 or (distill_weight > 0 and not finetune):
+            raise ValueError(f"distill_weight must be >= 0 and needs finetune: true (it is a fine-tuning loss), got "
+                             f"distill_weight={distill_weight}, finetune={finetune}.")
         self.backbone = load_model(model_name_or_path, dtype, trust_remote_code)
         if finetune and self.backbone.get_output_embeddings() is None:
             raise ValueError(f"finetune: true needs a causal LM with an LM head; {model_name_or_path!r} loads as "
                              f"{type(self.backbone).__name__}. Set finetune: false to train the probes only.")
         self.backbone.requires_grad_(finetune)
         if gradient_checkpointing:
-            if not finetune:
-                raise ValueError("gradient_checkpointing: true saves memory in the fine-tuning backward pass; it needs "
-                                 "finetune: true (probes alone never backpropagate through the backbone).")
-            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if distill_weight < 0 or (distill_weight > 0 and not finetune):
-            raise ValueError(f"distill_weight must be >= 0 and needs finetune: true (it is a fine-tuning loss), got "
-                             f"distill_weight={distill_weight}, finetune={finetune}.")
+            enable_checkpointing(self.backbone)
         n_layers = len(find_blocks(self.backbone, blocks)[1]) + 1
         hidden = self.backbone.config.hidden_size
         # frozen backbone: exact population statistics; fine-tuned backbone: track the drift
@@ -287,3 +287,12 @@ def statement_keys(batch: Mapping[str, torch.Tensor]) -> list[bytes]:
     mask = batch.get("attention_mask")
     keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.cpu().bool()
     return [row[m].numpy().tobytes() for row, m in zip(ids, keep)]
+
+
+def enable_checkpointing(backbone: nn.Module) -> None:
+    """Activation checkpointing of every block, non-reentrant (transformers >= 5 names it
+    `activation_checkpointing_enable`, earlier versions `gradient_checkpointing_enable`)."""
+    if hasattr(backbone, "activation_checkpointing_enable"):
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

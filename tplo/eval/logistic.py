@@ -175,7 +175,7 @@ def _lbfgs(objective: Objective, n_fits: int, dim: int, device: torch.device, dt
     running = _host(g.abs().amax(1)) > tol
     memory, ls = _Memory(n_fits, dim, device, dtype), _LineSearch(n_fits)
     direction = -g
-    ls.begin(np.arange(n_fits), f, _host(-g.square().sum(1)), np.minimum(1.0 / _host(g.norm(dim=1)), STEP_MAX))
+    ls.begin(np.arange(n_fits), f, _host(-g.square().sum(1)), 1.0 / np.maximum(_host(g.norm(dim=1)), 1.0 / STEP_MAX))
     while running.any():
         idx = np.flatnonzero(running)
         at = _on(idx, device)
