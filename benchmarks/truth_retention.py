@@ -24,7 +24,10 @@ Every run starts from the same dense weights. Lie detection per feature layer (0
     spread over the seeds is reported;
 (b) cross topic: the paper's protocol (`tplo.eval.lie_detection`, reference protocol, LR and TTPD, leave one
     topic pair out, `--repeats` repetitions) on all evaluation topics; `cross_topic_acc` is LR at its best layer.
-`recovery` = (acc - acc_uniform) / (acc_dense - acc_uniform), with uniform of the same scorer and sparsity.
+`recovery` = (acc - acc_uniform) / (acc_dense - acc_uniform), with uniform of the same scorer and sparsity (without
+fine-tuning), for best_acc; `cross_topic_recovery` the same for cross_topic_acc. The reference protocol draws as many
+statements per dataset as the smallest dataset has; the evaluation topics are of equal size, so its repetitions
+coincide and cross_topic_acc has no spread of its own.
 
 Writes `<out>/runs.jsonl` (each run as it finishes), `<out>/truth_retention.md` (the table),
 `<out>/accuracy_per_layer.png` and prints the table and, last,
@@ -405,7 +408,8 @@ COLUMNS = [("method", "method", "{}"), ("scorer", "scorer", "{}"), ("sparsity", 
            ("best_acc", "best-layer acc", "{:.3f}"), ("best_acc_std", "± (seeds)", "{:.3f}"),
            ("best_layer", "best layer", "{}"), ("mean_acc", "mean acc", "{:.3f}"),
            ("cross_topic_acc", "cross-topic LR", "{:.3f}"), ("cross_topic_ttpd", "cross-topic TTPD", "{:.3f}"),
-           ("recovery", "recovery", "{:+.2f}"), ("perplexity", "perplexity", "{:.2f}"), ("prune_s", "prune s", "{}")]
+           ("recovery", "recovery", "{:+.2f}"), ("cross_topic_recovery", "cross-topic recovery", "{:+.2f}"),
+           ("perplexity", "perplexity", "{:.2f}"), ("prune_s", "prune s", "{}")]
 
 
 def cells(run: dict) -> list[str]:
