@@ -62,7 +62,7 @@ from tplo import PruneConfig, prune
 from tplo.allocation import owl_ratios
 from tplo.callbacks import TPLOCallback
 from tplo.data.calibration import CalibrationSource, build_calibration, calibration_batches
-from tplo.data.collate import statement_batches, tokenize_statements
+from tplo.data.collate import sorted_statement_batches, statement_batches, tokenize_statements
 from tplo.data.schema import dataset_name, dataset_names, typed_table
 from tplo.data.splits import balanced_rows, random_split, random_split_rows, subsample, take
 from tplo.data.statements import generate_statements, load_statements
@@ -88,6 +88,7 @@ class Data:
     truth: list[dict]
     evaluation: pd.DataFrame
     evaluation_batches: list[dict]
+    evaluation_order: list[int]  # the `evaluation` row of every statement of `evaluation_batches`, in batch order
     perplexity_text: str
     finetune: list[dict]
     sources: dict[str, str] = field(default_factory=dict)
@@ -204,15 +205,11 @@ def build_data(args: argparse.Namespace, tokenizer) -> Data:
     if not sources:
         raise SystemExit(f"unknown --calibration {kind!r}; use mix, statements, truthfulqa or text:PATH")
     ids = build_calibration(sources, tokenizer, args.seqlen, args.seed, statements=calibration_table)
-    items = tokenize_statements(evaluation, tokenizer, 64)
-    order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
-    batches = statement_batches([items[i] for i in order], args.batch_size, tokenizer.pad_token_id,
-                                tokenizer.padding_side)
-    for batch, start in zip(batches, range(0, len(order), args.batch_size)):
-        batch["rows"] = order[start:start + args.batch_size]
+    batches, order = sorted_statement_batches(tokenize_statements(evaluation, tokenizer, 64), args.batch_size,
+                                              tokenizer.pad_token_id, tokenizer.padding_side)
     finetune = statement_batches(tokenize_statements(pruning, tokenizer, 64), args.batch_size, tokenizer.pad_token_id,
                                  tokenizer.padding_side)
-    return Data(calibration_batches(ids, 8), truth_batches, evaluation, batches,
+    return Data(calibration_batches(ids, 8), truth_batches, evaluation, batches, order,
                 held_out_text or " ".join(evaluation["statement"]), finetune,
                 {"published": str(SHARED) if published else "", "calibration": kind})
 
@@ -339,9 +336,8 @@ def truth_ratios(model: torch.nn.Module, data: Data) -> list[list[float]]:
 def statement_features(model: torch.nn.Module, data: Data) -> torch.Tensor:
     """Features [N, L + 1, H] of the evaluation statements in their table order."""
     features = extract_features(model, data.evaluation_batches)
-    rows = torch.tensor([r for batch in data.evaluation_batches for r in batch["rows"]])
     out = torch.empty_like(features)
-    out[rows] = features
+    out[torch.tensor(data.evaluation_order)] = features
     return out
 
 

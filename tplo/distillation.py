@@ -7,8 +7,9 @@ s_l the dense features' mean squared norm over the training statements,
     loss = mean over statements and layers of ||f_l - d_l||^2 / s_l,
 
 a relative squared error, so every layer weighs the same whatever its scale (the variance around the layer
-mean would not do: the last token of most statements is ".", whose embedding is the same for all). The probes read exactly these features, and the
-dense model's are what its truth directions live in; restoring them restores what lie detection reads.
+mean would not do: the last token of most statements is ".", whose embedding is the same for all). The probes
+read exactly these features, and the dense model's are what its truth directions live in; restoring them
+restores what lie detection reads.
 """
 
 from __future__ import annotations

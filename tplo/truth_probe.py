@@ -181,10 +181,12 @@ class TruthProbe(LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         if len(batch["labels"]) < 2:  # batch statistics need two statements: skip a lone leftover statement
             return None
-        distill = self.hparams.finetune and self.hparams.distill_weight > 0
-        states = pooled_layer_states(self.backbone, batch, self.hparams.pooling, self.hparams.blocks) if distill \
-            else None
-        logits = self._logits(states.detach()) if distill else self(batch)
+        distill = self.hparams.distill_weight > 0  # only with finetune (checked in __init__)
+        if distill:  # one forward with gradients gives the probes' features and the distillation loss's
+            states = pooled_layer_states(self.backbone, batch, self.hparams.pooling, self.hparams.blocks)
+            logits = self._logits(states.detach())
+        else:
+            logits = self(batch)
         labels = batch["labels"].float().unsqueeze(1).expand_as(logits)
         # summed over layers, so each probe gets the gradient of its own mean BCE
         probe_loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0).sum()

@@ -106,14 +106,18 @@ def _metric(run: Run, part: str, key: str, spec: str) -> str:
     return MISSING if not block else format(block[key], spec)
 
 
+def _harness_results(run: Run) -> dict:
+    """{task: metrics} of the run's lm-eval-harness block, empty when it has none."""
+    return (((run.evaluation or {}).get("harness") or {}).get("results")) or {}
+
+
 def _harness_tasks(runs: Sequence[Run]) -> list[str]:
     """Every lm-eval-harness task any run reports an accuracy for."""
-    return sorted({task for run in runs for task, metrics in (((run.evaluation or {}).get("harness") or {})
-                                                              .get("results", {}).items()) if "acc" in metrics})
+    return sorted({task for run in runs for task, metrics in _harness_results(run).items() if "acc" in metrics})
 
 
 def _harness_cell(run: Run, task: str) -> str:
-    metrics = (((run.evaluation or {}).get("harness") or {}).get("results") or {}).get(task, {})
+    metrics = _harness_results(run).get(task, {})
     value, stderr = metrics.get("acc"), metrics.get("acc_stderr")
     if not isinstance(value, (int, float)):
         return MISSING
